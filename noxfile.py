@@ -1,0 +1,57 @@
+"""Nox sessions: the same ones `invoke lint/typecheck/test/security` and CI call."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["lint", "typecheck", "tests", "integration", "security"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHONS = nox.project.python_versions(PYPROJECT)
+PRIMARY = "3.12"
+LINT_PATHS = ["src", "app", "tests", "benchmarks", "tasks.py", "noxfile.py"]
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+
+
+@nox.session(python=PRIMARY)
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
+
+
+@nox.session(python=PRIMARY)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on src/conveyor."""
+    _install(session)
+    session.run("mypy", "--strict", "src/conveyor")
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Unit tests and the app's tests against real Postgres/Redis, on every supported Python."""
+    _install(session)
+    args = session.posargs or ["-m", "not docker and not aws and not k8s", "-p", "no:cacheprovider"]
+    session.run("pytest", *args, env={"COVERAGE_FILE": f".coverage.{session.python}"})
+
+
+@nox.session(python=PRIMARY)
+def integration(session: nox.Session) -> None:
+    """Tests against real engines (docker, compose v2, registry, moto); once, on the primary Python."""
+    _install(session)
+    args = session.posargs or ["-m", "docker or aws or k8s", "-p", "no:cacheprovider"]
+    session.run("pytest", *args)
+
+
+@nox.session(python=PRIMARY)
+def security(session: nox.Session) -> None:
+    """Security scanners: bandit on src/ and app/."""
+    session.install("bandit")
+    session.run("bandit", "-q", "-r", "src", "app", "-x", "app/tests")

@@ -1,0 +1,126 @@
+"""Prerequisite checks: what is installed, what the chosen environment needs, and the fix for each gap."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from conveyor.errors import CommandFailed, ToolMissing
+from conveyor.runner import Runner
+
+SETUP = "bash ci/setup-debian.sh (as root)"
+NEEDS = {
+    "compose": {"git", "docker engine", "compose v2", "buildx"},
+    "ecs": {"git", "docker engine", "buildx", "aws"},
+    "k8s": {"git", "docker engine", "buildx", "kubectl"},
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str
+    needed: bool = False
+
+
+def python_versions(pyproject: Path) -> list[str]:
+    """The Python versions the project declares (its "Programming Language :: Python :: 3.X" classifiers)."""
+    text = pyproject.read_text(encoding="utf-8") if pyproject.is_file() else ""
+    return sorted(set(re.findall(r"Programming Language :: Python :: (3\.\d+)\b", text)), key=_vkey)
+
+
+def _vkey(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def _query(runner: Runner, argv: list[str]) -> str | None:
+    try:
+        result = runner.run(argv, capture=True, mutates=False, check=True, timeout=20)
+    except (ToolMissing, CommandFailed):
+        return None
+    return result.stdout.strip()
+
+
+def run_checks(
+    runner: Runner, root: Path, target: str, environ: Mapping[str, str], aws_endpoint: str
+) -> list[Check]:
+    """Probe every prerequisite; ``needed`` marks what ``target`` cannot work without."""
+    needs = NEEDS.get(target, set())
+    checks: list[Check] = []
+    for version in python_versions(root / "pyproject.toml"):
+        found = shutil.which(f"python{version}")
+        checks.append(
+            Check(
+                f"python{version}",
+                found is not None,
+                found or "not on PATH (the nox matrix needs it)",
+                "pyenv install "
+                + version
+                + " and pyenv global ... (our machines: pyenv global 3.11.7 3.10.13 3.12.1 3.13.0)",
+            )
+        )
+    git = _query(runner, ["git", "--version"])
+    checks.append(Check("git", git is not None, git or "missing", "apt-get install git", "git" in needs))
+    server = _query(runner, ["docker", "version", "--format", "{{.Server.Version}}"])
+    checks.append(
+        Check(
+            "docker engine",
+            bool(server),
+            f"server {server}" if server else "no engine answering (is dockerd running? DOCKER_HOST?)",
+            SETUP + ", or start dockerd",
+            "docker engine" in needs,
+        )
+    )
+    compose = _query(runner, ["docker", "compose", "version", "--short"])
+    v2 = bool(compose) and not (compose or "").startswith("1.")
+    checks.append(Check("compose v2", v2, compose or "missing", SETUP, "compose v2" in needs))
+    buildx = _query(runner, ["docker", "buildx", "version"])
+    checks.append(
+        Check(
+            "buildx",
+            bool(buildx),
+            (buildx or "missing").split(" ")[-2:][0] if buildx else "missing",
+            SETUP,
+            "buildx" in needs,
+        )
+    )
+    kubectl = _query(runner, ["kubectl", "version", "--client", "-o", "json"])
+    kver = json.loads(kubectl)["clientVersion"]["gitVersion"] if kubectl else None
+    checks.append(
+        Check(
+            "kubectl",
+            kver is not None,
+            kver or "missing",
+            "apt-get install -t trixie kubectl",
+            "kubectl" in needs,
+        )
+    )
+    aws = _aws_source(environ, aws_endpoint)
+    checks.append(
+        Check(
+            "aws",
+            aws is not None,
+            aws or "no credentials and no endpoint",
+            "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or ecs.endpoint_url",
+            "aws" in needs,
+        )
+    )
+    return checks
+
+
+def _aws_source(environ: Mapping[str, str], endpoint: str) -> str | None:
+    if endpoint:
+        return f"endpoint {endpoint}"
+    if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
+        return "AWS_ACCESS_KEY_ID in the environment"
+    if environ.get("AWS_PROFILE"):
+        return f"profile {environ['AWS_PROFILE']}"
+    creds = Path(environ.get("AWS_SHARED_CREDENTIALS_FILE", os.path.expanduser("~/.aws/credentials")))
+    return f"credentials file {creds}" if creds.is_file() else None

@@ -1,0 +1,42 @@
+"""lint, typecheck, test, security: each calls the nox session of the same name, so local = CI."""
+
+from __future__ import annotations
+
+from invoke.context import Context
+
+from conveyor.tasks._base import make_runner, project_root, task
+
+
+def _nox(c: Context, session: str, posargs: str = "", *extra: str) -> None:
+    argv = ["nox", "-s", session, *extra]
+    if posargs:
+        import shlex
+
+        argv += ["--", *shlex.split(posargs)]
+    make_runner(c).run(argv, cwd=project_root())
+
+
+@task
+def lint(c: Context) -> None:
+    """Lint and check formatting (ruff check, ruff format --check)."""
+    _nox(c, "lint")
+
+
+@task
+def typecheck(c: Context) -> None:
+    """Type-check src/conveyor with mypy --strict."""
+    _nox(c, "typecheck")
+
+
+@task(
+    help={"python": "one Python version (e.g. 3.12) instead of the whole matrix", "pytest": "args for pytest"}
+)
+def test(c: Context, python: str = "", pytest: str = "") -> None:
+    """Run the test suite on every supported Python (nox -s tests)."""
+    _nox(c, f"tests-{python}" if python else "tests", pytest)
+
+
+@task
+def security(c: Context) -> None:
+    """Run the security scanners (nox -s security)."""
+    _nox(c, "security")

@@ -1,0 +1,77 @@
+"""Shared fixtures: a throwaway project tree and a way to run invoke in it as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def engine_missing(reason: str) -> None:
+    """A missing engine is a loud skip locally and a failure under CI=true."""
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass
+class Project:
+    root: Path
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return path
+
+    def invoke(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=self.root,
+            env={**clean, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    """A minimal project using conveyor: tasks.py, invoke.yaml and a `local` environment."""
+    proj = Project(tmp_path)
+    proj.write("tasks.py", "from conveyor.tasks import namespace\n\nns = namespace()\n")
+    proj.write(
+        "invoke.yaml",
+        """
+        conveyor:
+          project:
+            name: demo
+          image:
+            name: demo-app
+        """,
+    )
+    proj.write(
+        "deploy/environments/local.yaml",
+        """
+        target: compose
+        url: http://127.0.0.1:8080
+        compose:
+          files: [compose.yaml]
+        vars:
+          LOG_LEVEL: info
+          API_TOKEN: not-for-your-eyes
+        secrets:
+          DB_PASSWORD: env:DB_PASSWORD
+        """,
+    )
+    return proj

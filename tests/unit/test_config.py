@@ -1,0 +1,189 @@
+"""Config: one test per layer (each later layer beats the one before) and every bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor import config
+from conveyor.errors import ConfigError, SecretError, UsageError
+from conveyor.secrets import SecretRef
+from tests.conftest import Project
+
+
+def load(project: Project, env: str | None = None, environ: dict[str, str] | None = None, flags=None):
+    return config.load(project.root, env, environ=environ or {}, flags=flags)
+
+
+def test_kit_defaults_apply_when_nothing_overrides(project: Project) -> None:
+    cfg = load(project)
+    assert cfg.image.max_size_mb == config.SCHEMA["image.max_size_mb"].default
+    assert cfg.values["image.max_size_mb"].source == "default"
+
+
+def test_invoke_yaml_beats_defaults_and_names_its_line(project: Project) -> None:
+    cfg = load(project)
+    assert cfg.image.name == "demo-app"
+    assert cfg.values["image.name"].source == "invoke.yaml:5"
+
+
+def test_environment_file_beats_invoke_yaml(project: Project) -> None:
+    project.write(
+        "deploy/environments/local.yaml",
+        "target: compose\ncompose: {files: [a.yaml]}\nimage:\n  name: other\n",
+    )
+    cfg = load(project)
+    assert cfg.image.name == "other"
+    assert cfg.values["image.name"].source == "deploy/environments/local.yaml:4"
+
+
+def test_dotenv_files_beat_environment_file_and_env_specific_beats_plain(project: Project) -> None:
+    project.write(".env", "CONVEYOR_IMAGE__NAME=from-dotenv\nCONVEYOR_URL=http://dotenv\n")
+    project.write(".env.local", "CONVEYOR_IMAGE__NAME=from-dotenv-local\n")
+    cfg = load(project)
+    assert cfg.image.name == "from-dotenv-local"
+    assert cfg.values["image.name"].source == ".env.local CONVEYOR_IMAGE__NAME"
+    assert cfg.env.url == "http://dotenv"
+
+
+def test_process_environment_beats_dotenv(project: Project) -> None:
+    project.write(".env", "CONVEYOR_IMAGE__MAX_SIZE_MB=100\n")
+    cfg = load(project, environ={"CONVEYOR_IMAGE__MAX_SIZE_MB": "250"})
+    assert cfg.image.max_size_mb == 250
+    assert cfg.values["image.max_size_mb"].source == "env CONVEYOR_IMAGE__MAX_SIZE_MB"
+
+
+def test_cli_flags_beat_everything(project: Project) -> None:
+    cfg = load(project, environ={"CONVEYOR_IMAGE__TARGET": "test"}, flags={"image.target": "builder"})
+    assert cfg.image.target == "builder"
+    assert cfg.values["image.target"].source == "flag --target"
+
+
+def test_env_selected_by_conveyor_env_variable(project: Project) -> None:
+    project.write("deploy/environments/qa.yaml", "target: compose\ncompose: {files: [x.yaml]}\n")
+    assert load(project, environ={"CONVEYOR_ENV": "qa"}).env.name == "qa"
+
+
+def test_config_is_frozen(project: Project) -> None:
+    cfg = load(project)
+    with pytest.raises(AttributeError):
+        cfg.image.name = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.env.vars["NEW"] = "x"  # type: ignore[index]
+
+
+def test_secrets_are_parsed_references(project: Project) -> None:
+    assert load(project).env.secrets["DB_PASSWORD"] == SecretRef("env", "DB_PASSWORD")
+
+
+def test_describe_masks_secret_looking_vars_and_never_resolves_secrets(project: Project) -> None:
+    rows = {key: val for key, val, _ in config.describe(load(project, environ={"DB_PASSWORD": "hunter2"}))}
+    assert rows["vars.API_TOKEN"] == "***"
+    assert rows["vars.LOG_LEVEL"] == "info"
+    assert "hunter2" not in str(rows)
+    assert rows["secrets.DB_PASSWORD"].startswith("<env:DB_PASSWORD>")
+
+
+# --- bad input: one line naming the file/key, nothing else ------------------------------------------
+
+
+def one_line(exc: pytest.ExceptionInfo[Exception]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_unknown_environment_lists_known_ones(project: Project) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(project, "prod")
+    assert "unknown environment `prod`; known: local" in one_line(exc)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "/etc/passwd", "Local", "x" * 60])
+def test_path_like_env_name_is_refused(project: Project, name: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        load(project, name)
+    assert "--env" in one_line(exc)
+
+
+def test_malformed_yaml_names_file_and_line(project: Project) -> None:
+    project.write("deploy/environments/local.yaml", "target: compose\ncompose:\n  files: [a, b\nurl: x\n")
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert one_line(exc).startswith("local.yaml:4: malformed YAML")
+
+
+def test_unknown_key_suggests_the_closest(project: Project) -> None:
+    project.write("deploy/environments/local.yaml", "target: compose\ncompose:\n  filez: [a]\n")
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert one_line(exc) == (
+        "deploy/environments/local.yaml:3: unknown key `compose.filez`; did you mean `compose.files`?"
+    )
+
+
+def test_unknown_conveyor_variable_is_refused(project: Project) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(project, environ={"CONVEYOR_IMAGE__NAM": "x"})
+    assert "env CONVEYOR_IMAGE__NAM: unknown setting `image.nam`; did you mean `image.name`?" in one_line(exc)
+
+
+def test_wrong_type_names_key_and_expected_type(project: Project) -> None:
+    project.write("invoke.yaml", "conveyor:\n  image:\n    max_size_mb: big\n")
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert one_line(exc) == "invoke.yaml:3: `image.max_size_mb` must be an integer, got str 'big'"
+
+
+def test_missing_required_key(project: Project) -> None:
+    project.write("deploy/environments/local.yaml", "url: http://x\n")
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert "missing required key `target`" in one_line(exc)
+
+
+def test_target_specific_required_key(project: Project) -> None:
+    project.write("deploy/environments/local.yaml", "target: ecs\necs: {cluster: c}\n")
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert "target ecs needs key `ecs.service`" in one_line(exc)
+
+
+def test_unknown_target_kind(project: Project) -> None:
+    project.write("deploy/environments/local.yaml", "target: nomad\n")
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert (
+        one_line(exc)
+        == "deploy/environments/local.yaml:1: `target` must be one of compose, ecs, k8s, got 'nomad'"
+    )
+
+
+def test_unreadable_dotenv(project: Project) -> None:
+    (project.root / ".env.local").write_bytes(b"CONVEYOR_URL=\xff\xfe\n")
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert one_line(exc) == ".env.local: cannot read: not valid UTF-8 text"
+
+
+def test_dotenv_that_is_a_directory(project: Project) -> None:
+    (project.root / ".env").mkdir()
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert one_line(exc).startswith(".env: cannot read:")
+
+
+def test_secret_with_unknown_scheme(project: Project) -> None:
+    project.write(
+        "deploy/environments/local.yaml",
+        "target: compose\ncompose: {files: [a]}\nsecrets:\n  X: vault:kv/x\n",
+    )
+    with pytest.raises(SecretError) as exc:
+        load(project)
+    assert "secrets.X: `vault:kv/x` is not a secret reference; expected one of env:" in one_line(exc)
+
+
+def test_empty_environment_file(project: Project) -> None:
+    project.write("deploy/environments/local.yaml", "")
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert "local.yaml: the file is empty" in one_line(exc)
