@@ -1,0 +1,48 @@
+"""Schema migrations: ordered SQL steps, applied once each under an advisory lock (safe to run twice)."""
+
+from __future__ import annotations
+
+import psycopg
+
+# Append only: a released step is never edited.
+STEPS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "create notes",
+        """
+        CREATE TABLE notes (
+            id BIGSERIAL PRIMARY KEY,
+            title TEXT NOT NULL CHECK (length(title) BETWEEN 1 AND 200),
+            body TEXT NOT NULL DEFAULT '',
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """,
+    ),
+    (2, "index notes by creation", "CREATE INDEX notes_created_at ON notes (created_at DESC, id DESC)"),
+]
+LOCK_ID = 7_160_531  # pg_advisory_lock key shared by every migrator of this app
+
+
+def migrate(database_url: str) -> list[int]:
+    """Apply pending steps; return the versions applied now (empty when the schema is current)."""
+    applied_now: list[int] = []
+    with psycopg.connect(database_url, connect_timeout=10, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, sql in STEPS:
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)  # type: ignore[arg-type]  # literal SQL from STEPS above
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+                    )
+                applied_now.append(version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
+    return applied_now

@@ -1,0 +1,80 @@
+"""12-factor settings: read from the environment once, validated, with one clear line per mistake."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+N = TypeVar("N", int, float)
+
+
+class SettingsError(Exception):
+    """A missing or invalid variable; the message names it (and never echoes a URL's password)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    git_sha: str = "unknown"
+    image_digest: str = "unknown"
+    log_level: str = "info"
+    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
+    port: int = 8000
+    max_body_bytes: int = 64 * 1024
+    ready_timeout: float = 1.0
+    shutdown_grace: int = 20
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            database_url=_url(env, "DATABASE_URL", ("postgresql", "postgres")),
+            redis_url=_url(env, "REDIS_URL", ("redis", "rediss")),
+            git_sha=env.get("GIT_SHA", "unknown") or "unknown",
+            image_digest=env.get("IMAGE_DIGEST", "unknown") or "unknown",
+            log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+            host=env.get("HOST", "0.0.0.0"),  # noqa: S104
+            port=_number(env, "PORT", int, 8000, 1, 65535),
+            max_body_bytes=_number(env, "MAX_BODY_BYTES", int, 64 * 1024, 1024, 16 * 1024 * 1024),
+            ready_timeout=_number(env, "READY_TIMEOUT", float, 1.0, 0.05, 30.0),
+            shutdown_grace=_number(env, "SHUTDOWN_GRACE", int, 20, 1, 300),
+        )
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
+    value = env.get(name, "")
+    if not value:
+        raise SettingsError(f"{name} is not set (expected {schemes[0]}://...)")
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise SettingsError(f"{name} must be a {' or '.join(schemes)}:// URL with a host")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, default).lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _number(
+    env: Mapping[str, str], name: str, kind: Callable[[str], N], default: N, low: float, high: float
+) -> N:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be a{'n integer' if kind is int else ' number'}, got {raw!r}"
+        ) from None
+    if not low <= value <= high:  # type: ignore[operator]
+        raise SettingsError(f"{name} must be between {low} and {high}, got {raw}")
+    return value

@@ -1,0 +1,58 @@
+"""Settings come from the environment and a mistake names the variable in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, SettingsError
+
+GOOD = {"DATABASE_URL": "postgresql://u:pw@db:5432/app", "REDIS_URL": "redis://cache:6379/0"}
+
+
+def test_defaults_and_overrides() -> None:
+    s = Settings.from_env({**GOOD, "PORT": "9000", "LOG_LEVEL": "WARNING", "GIT_SHA": "abc123"})
+    assert (s.port, s.log_level, s.git_sha, s.image_digest) == (9000, "warning", "abc123", "unknown")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REDIS_URL": GOOD["REDIS_URL"]}, "DATABASE_URL is not set"),
+        ({**GOOD, "DATABASE_URL": "mysql://x/y"}, "DATABASE_URL must be a postgresql or postgres:// URL"),
+        ({**GOOD, "REDIS_URL": "redis://"}, "REDIS_URL must be a redis or rediss:// URL with a host"),
+        ({**GOOD, "PORT": "http"}, "PORT must be an integer, got 'http'"),
+        ({**GOOD, "PORT": "70000"}, "PORT must be between 1 and 65535, got 70000"),
+        ({**GOOD, "READY_TIMEOUT": "soon"}, "READY_TIMEOUT must be a number"),
+        ({**GOOD, "LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of debug, info, warning, error"),
+    ],
+)
+def test_invalid_settings(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_password_in_url_is_never_in_the_message() -> None:
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env({**GOOD, "DATABASE_URL": "mysql://u:sekrit-pw@db/app"})
+    assert "sekrit-pw" not in str(exc.value)
+
+
+def test_process_exits_nonzero_with_one_line_naming_the_variable() -> None:
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve"],
+        cwd=root,
+        env={"PATH": "/usr/bin", "REDIS_URL": GOOD["REDIS_URL"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "app: invalid settings: DATABASE_URL is not set (expected postgresql://...)"
+    ]
