@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from conveyor.tasks import doctor, env, quality
+from conveyor.tasks import doctor, env, image, quality
 
 
 def namespace() -> Collection:
     """Build a fresh Collection (each caller gets its own; nothing is shared at module level)."""
     ns = Collection()
-    for verb in (quality.lint, quality.typecheck, quality.test, quality.security, doctor.doctor):
+    for verb in (quality.lint, quality.typecheck, quality.test, quality.security, image.build, doctor.doctor):
         ns.add_task(verb)
     ns.add_collection(Collection.from_module(env, name="env"))
+    images = Collection("image")
+    for detail in (image.base, image.standins, image.smoke, image.push):
+        images.add_task(detail)
+    ns.add_collection(images)
     return ns

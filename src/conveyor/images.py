@@ -1,0 +1,381 @@
+"""Images: BuildKit builds tagged by git sha, local base images, stand-ins, smoke tests, pushes.
+
+Build commands are argv lists from pure functions (``build_argv``), run through the Runner; everything
+else goes through the DockerEngine adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from conveyor import __version__
+from conveyor.config import ENV_DIR, Config
+from conveyor.docker_engine import DockerEngine
+from conveyor.errors import CommandFailed, ConveyorError
+from conveyor.git import Revision
+from conveyor.runner import Runner
+
+LOCAL_BASE = "conveyor-local/python:3.11-bookworm"
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# Stand-ins for the services compose needs, built from Debian packages on the local base.
+STANDINS = {
+    "postgres": "conveyor-local/postgres:15",
+    "redis": "conveyor-local/redis:7",
+    "nginx": "conveyor-local/nginx:1.22",
+}
+STANDIN_DIR = Path("images/standins")
+CA_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
+RELEASE_FILE = Path("build/release.json")
+
+
+class BuildFailed(ConveyorError):
+    """The image build failed; the message carries BuildKit's last error line."""
+
+
+class ImageTooLarge(ConveyorError):
+    """The runtime image is over its size budget."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    target: str
+    platform: str = ""
+    no_cache: bool = False
+    cache_from: str = ""
+    cache_to: str = ""
+    build_args: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a build produced; written to build/release.json so later steps deploy exactly this."""
+
+    refs: tuple[str, ...]
+    image_id: str
+    size: int
+    duration: float
+    git_sha: str
+    dirty: bool
+    target: str
+
+    @property
+    def ref(self) -> str:
+        return self.refs[0]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "refs": list(self.refs),
+                "image_id": self.image_id,
+                "size": self.size,
+                "git_sha": self.git_sha,
+                "dirty": self.dirty,
+                "target": self.target,
+            },
+            indent=2,
+        )
+
+
+def build_secrets(environ: Mapping[str, str], pip_config: str = "") -> list[tuple[str, str]]:
+    """BuildKit secrets: the CA bundle (first of SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE), pip config."""
+    secrets: list[tuple[str, str]] = []
+    for var in CA_VARS:
+        path = environ.get(var, "")
+        if path and Path(path).is_file():
+            secrets.append(("ca", path))
+            break
+    pipconf = pip_config or environ.get("PIP_CONFIG_FILE", "")
+    if pipconf and Path(pipconf).is_file():
+        secrets.append(("pipconf", pipconf))
+    return secrets
+
+
+def build_argv(
+    *,
+    use_buildx: bool,
+    dockerfile: str,
+    context: str,
+    tags: list[str],
+    options: BuildOptions,
+    build_args: Mapping[str, str],
+    secrets: list[tuple[str, str]],
+    iidfile: str,
+) -> list[str]:
+    """The build command. Secrets are passed by file path (``src=``), never by value."""
+    argv = ["docker", "buildx", "build", "--load"] if use_buildx else ["docker", "build"]
+    argv += ["--file", dockerfile, "--target", options.target, "--iidfile", iidfile, "--progress", "plain"]
+    for tag in tags:
+        argv += ["--tag", tag]
+    for key, value in sorted(build_args.items()):
+        argv += ["--build-arg", f"{key}={value}"]
+    for secret_id, path in secrets:
+        argv += ["--secret", f"id={secret_id},src={path}"]
+    if options.platform:
+        argv += ["--platform", options.platform]
+    if options.no_cache:
+        argv.append("--no-cache")
+    if options.cache_from and use_buildx:
+        argv += ["--cache-from", f"type=local,src={options.cache_from}"]
+    if options.cache_to and use_buildx:
+        argv += ["--cache-to", f"type=local,dest={options.cache_to},mode=max"]
+    argv.append(context)
+    return argv
+
+
+def has_buildx(runner: Runner) -> bool:
+    try:
+        runner.run(["docker", "buildx", "version"], capture=True, mutates=False)
+    except CommandFailed:
+        return False
+    return True
+
+
+def build(
+    runner: Runner,
+    engine: DockerEngine,
+    cfg: Config,
+    rev: Revision,
+    options: BuildOptions,
+    environ: Mapping[str, str],
+) -> Built:
+    """Build ``cfg.image`` at ``rev``, tagged ``<name>:<sha>[-dirty]`` and ``<name>:<branch>``, in budget."""
+    spec = cfg.image
+    dockerfile = cfg.root / spec.dockerfile
+    if not dockerfile.is_file():
+        source = cfg.values["image.dockerfile"].source
+        raise ConveyorError(f"image.dockerfile: {spec.dockerfile} does not exist (set in {source})")
+    tags = [f"{spec.name}:{rev.tag}"]
+    if rev.branch_tag:
+        tags.append(f"{spec.name}:{rev.branch_tag}")
+    if rev.dirty:
+        runner.say(f"note: the work tree has uncommitted changes; tagging {tags[0]}")
+    args = {
+        "BASE_IMAGE": spec.base_image,
+        "GIT_SHA": rev.sha,
+        "VERSION": __version__,
+        "CREATED": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "SOURCE": "conveyor",
+        **options.build_args,
+    }
+    iidfile = cfg.root / "build" / "iid"
+    iidfile.parent.mkdir(parents=True, exist_ok=True)
+    iidfile.unlink(missing_ok=True)
+    use_buildx = has_buildx(runner)
+    argv = build_argv(
+        use_buildx=use_buildx,
+        dockerfile=str(dockerfile),
+        context=str(cfg.root / spec.context),
+        tags=tags,
+        options=options,
+        build_args=args,
+        secrets=build_secrets(environ),
+        iidfile=str(iidfile),
+    )
+    start = time.monotonic()
+    try:
+        runner.run(argv, cwd=cfg.root, env=None if use_buildx else {"DOCKER_BUILDKIT": "1"})
+    except CommandFailed as exc:
+        raise BuildFailed(
+            f"build of {spec.dockerfile} (target {options.target}) failed: {exc.tail}"
+        ) from None
+    duration = time.monotonic() - start
+    if runner.dry:
+        return Built(tuple(tags), "dry-run", 0, duration, rev.sha, rev.dirty, options.target)
+    info = engine.inspect_image(tags[0])
+    if info is None:
+        raise BuildFailed(f"the build finished but {tags[0]} is not in the engine")
+    built = Built(tuple(tags), info.id, info.size, duration, rev.sha, rev.dirty, options.target)
+    budget = spec.max_size_mb
+    size_mb = info.size / 1_000_000
+    if options.target == spec.target and size_mb > budget:
+        raise ImageTooLarge(
+            f"{tags[0]} is {size_mb:.0f} MB, over the budget image.max_size_mb={budget} "
+            f"({cfg.values['image.max_size_mb'].source})"
+        )
+    return built
+
+
+def save_release(root: Path, built: Built) -> Path:
+    path = root / RELEASE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(built.to_json() + "\n", encoding="utf-8")
+    return path
+
+
+def load_release(root: Path) -> dict[str, Any]:
+    path = root / RELEASE_FILE
+    if not path.is_file():
+        raise ConveyorError(f"no build recorded in {RELEASE_FILE}: run `invoke build` first")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+# --- local base image and stand-ins ----------------------------------------------------------------
+
+
+def debootstrap_argv(target: Path, *, suite: str, mirror: str, packages: tuple[str, ...]) -> list[str]:
+    return ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(target), mirror]
+
+
+# Trimmed from the root filesystem before import: documentation and package caches, not needed to run.
+TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt/archives", "var/lib/apt/lists")
+
+
+def build_base(runner: Runner, root: Path, *, name: str, suite: str, mirror: str) -> str:
+    """debootstrap a minimal Debian with Python and `docker import` it as ``name``."""
+    work = root / "build" / "rootfs"
+    rootfs = work / "base"
+    tarball = work / "base.tar"
+    if not runner.dry:
+        shutil.rmtree(rootfs, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        with runner.step(f"debootstrap {suite} with {', '.join(BASE_PACKAGES)}"):
+            runner.run(debootstrap_argv(rootfs, suite=suite, mirror=mirror, packages=BASE_PACKAGES))
+        if not runner.dry:
+            for rel in TRIM:
+                target = rootfs / rel
+                if target.is_dir():
+                    shutil.rmtree(target)
+                    target.mkdir()
+        with runner.step(f"docker import {name}"):
+            runner.run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tarball), "."])
+            runner.run(
+                [
+                    "docker",
+                    "import",
+                    "--change",
+                    "ENV LANG=C.UTF-8",
+                    "--change",
+                    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "--change",
+                    'CMD ["python3"]',
+                    str(tarball),
+                    name,
+                ]
+            )
+    finally:
+        if not runner.dry:
+            shutil.rmtree(rootfs, ignore_errors=True)
+            tarball.unlink(missing_ok=True)
+    return name
+
+
+def build_standins(runner: Runner, root: Path, base: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """Build postgres, redis and nginx stand-ins from Debian packages on ``base``."""
+    use_buildx = has_buildx(runner)
+    for service, ref in STANDINS.items():
+        folder = root / STANDIN_DIR / service
+        with runner.step(f"stand-in {service} -> {ref}"):
+            argv = build_argv(
+                use_buildx=use_buildx,
+                dockerfile=str(folder / "Dockerfile"),
+                context=str(folder),
+                tags=[ref],
+                options=BuildOptions(target="standin"),
+                build_args={"BASE_IMAGE": base},
+                secrets=build_secrets(environ),
+                iidfile=str(root / "build" / f"iid-{service}"),
+            )
+            (root / "build").mkdir(exist_ok=True)
+            runner.run(argv, env=None if use_buildx else {"DOCKER_BUILDKIT": "1"})
+    return dict(STANDINS)
+
+
+# --- smoke -------------------------------------------------------------------------------------------
+
+
+SMOKE_ENV = {
+    # /health and /version need no dependency; the settings must still validate.
+    "DATABASE_URL": "postgresql://smoke@127.0.0.1:9/smoke",
+    "REDIS_URL": "redis://127.0.0.1:9/0",
+}
+
+
+def smoke(
+    runner: Runner, engine: DockerEngine, ref: str, expect_sha: str, *, timeout: float = 60
+) -> dict[str, str]:
+    """Run ``ref``, wait for its HEALTHCHECK, check /health and /version; always remove the container."""
+    container = engine.run(ref, env=SMOKE_ENV, ports={"8000/tcp": None})
+    if runner.dry:
+        return {}
+    try:
+        with runner.step(f"waiting for {ref} to report healthy (up to {timeout:.0f}s)"):
+            port = _wait_healthy(engine, container, timeout)
+        base = f"http://127.0.0.1:{port}"
+        health = _get_json(base + "/health")
+        if health.get("status") != "ok":
+            raise ConveyorError(f"smoke {ref}: /health answered {health}")
+        version = _get_json(base + "/version")
+        if version.get("git_sha") != expect_sha:
+            raise ConveyorError(
+                f"smoke {ref}: /version reports {version.get('git_sha')}, expected {expect_sha}"
+            )
+        runner.say(f"smoke ok: /health ok, /version {expect_sha[:12]}")
+        return {k: str(v) for k, v in version.items()}
+    finally:
+        engine.remove(container)
+
+
+def _wait_healthy(engine: DockerEngine, container: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = engine.container(container)
+        status = state["State"].get("Health", {}).get("Status")
+        if not state["State"]["Running"]:
+            code = state["State"]["ExitCode"]
+            raise ConveyorError(
+                f"the container exited with code {code}: {engine.logs(container).strip()[-300:]}"
+            )
+        if status == "healthy":
+            ports = state["NetworkSettings"]["Ports"]["8000/tcp"]
+            return int(ports[0]["HostPort"])
+        if status is None:
+            raise ConveyorError("the image has no HEALTHCHECK")
+        if time.monotonic() > deadline:
+            raise ConveyorError(f"not healthy after {timeout:.0f}s (health: {status})")
+        time.sleep(0.5)
+
+
+def _get_json(url: str) -> dict[str, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own container on loopback
+            data: dict[str, object] = json.loads(response.read())
+            return data
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ConveyorError(f"GET {url}: {exc}") from None
+
+
+# --- push --------------------------------------------------------------------------------------------
+
+
+def push(runner: Runner, engine: DockerEngine, cfg: Config) -> str:
+    """Push the recorded build to ``cfg.env.registry``; return and record ``registry/name@sha256:...``."""
+    if not cfg.env.registry:
+        raise ConveyorError(
+            f"environment {cfg.env.name} has no `registry` to push to ({ENV_DIR}/{cfg.env.name}.yaml)"
+        )
+    release = load_release(cfg.root)
+    refs = [str(r) for r in release["refs"]]
+    repository = f"{cfg.env.registry.rstrip('/')}/{cfg.image.name}"
+    tag = refs[0].rsplit(":", 1)[1]
+    with runner.step(f"push {repository}:{tag}"):
+        engine.tag(str(release["image_id"]), repository, tag)
+        digest = engine.push(repository, tag)
+    pinned = f"{repository}@{digest}"
+    if not runner.dry:
+        pushed = dict(release.get("pushed", {}))
+        pushed[cfg.env.name] = pinned
+        path = cfg.root / RELEASE_FILE
+        path.write_text(json.dumps({**release, "pushed": pushed}, indent=2) + "\n", encoding="utf-8")
+    return pinned

@@ -1,0 +1,122 @@
+"""build, image.*: BuildKit builds tagged by git sha, local base and stand-in images, smoke and push."""
+
+from __future__ import annotations
+
+import os
+
+from invoke.context import Context
+
+from conveyor.tasks._base import load_config, make_runner, project_root, task
+
+
+@task(
+    help={
+        "target": "Dockerfile stage (default: image.target, normally runtime)",
+        "platform": "target platform, e.g. linux/amd64",
+        "no_cache": "build without the layer cache",
+        "cache_from": "local BuildKit cache dir to read (CI)",
+        "cache_to": "local BuildKit cache dir to write (CI)",
+        "env": "environment whose config applies (default: local)",
+    }
+)
+def build(
+    c: Context,
+    target: str = "",
+    platform: str = "",
+    no_cache: bool = False,
+    cache_from: str = "",
+    cache_to: str = "",
+    env: str = "",
+) -> None:
+    """Build the image once with BuildKit, tagged <name>:<git-sha> and <name>:<branch>."""
+    from conveyor import images
+    from conveyor.docker_engine import DockerEngine
+    from conveyor.git import revision
+
+    cfg = load_config(env or None, {"image.target": target or None})
+    runner = make_runner(c)
+    rev = revision(runner, cfg.root)
+    options = images.BuildOptions(cfg.image.target, platform, no_cache, cache_from, cache_to)
+    engine = DockerEngine(runner)
+    with runner.step(f"build {cfg.image.name} ({cfg.image.target}) at {rev.tag}"):
+        built = images.build(runner, engine, cfg, rev, options, os.environ)
+    if runner.dry:
+        return
+    path = images.save_release(cfg.root, built)
+    print(f"built    {', '.join(built.refs)}")
+    print(f"id       {built.image_id}")
+    print(f"size     {built.size / 1_000_000:.1f} MB (budget {cfg.image.max_size_mb} MB)")
+    print(f"duration {built.duration:.1f}s")
+    print(f"recorded {path.relative_to(cfg.root)}")
+
+
+@task(
+    help={
+        "name": "image name (default: conveyor-local/python:3.11-bookworm)",
+        "suite": "Debian suite",
+        "mirror": "Debian mirror URL",
+        "save": "record it as CONVEYOR_IMAGE__BASE_IMAGE in .env",
+    }
+)
+def base(c: Context, name: str = "", suite: str = "bookworm", mirror: str = "", save: bool = False) -> None:
+    """Build a Python base image from Debian packages (debootstrap + docker import), no registry needed."""
+    from conveyor import dotenv_file, images
+
+    runner = make_runner(c)
+    root = project_root()
+    ref = images.build_base(
+        runner, root, name=name or images.LOCAL_BASE, suite=suite, mirror=mirror or images.DEBIAN_MIRROR
+    )
+    print(f"base image {ref}")
+    if save and not runner.dry:
+        dotenv_file.update(root / ".env", {"CONVEYOR_IMAGE__BASE_IMAGE": ref})
+        print("recorded CONVEYOR_IMAGE__BASE_IMAGE in .env")
+
+
+@task(
+    help={
+        "base": "base image (default: image.base_image)",
+        "save": "record POSTGRES_IMAGE, REDIS_IMAGE, NGINX_IMAGE in .env",
+    }
+)
+def standins(c: Context, base: str = "", save: bool = False) -> None:
+    """Build local stand-ins for postgres, redis and nginx from Debian packages."""
+    from conveyor import dotenv_file, images
+
+    runner = make_runner(c)
+    cfg = load_config(None)
+    built = images.build_standins(runner, cfg.root, base or cfg.image.base_image, os.environ)
+    for service, ref in built.items():
+        print(f"{service:<9} {ref}")
+    if save and not runner.dry:
+        dotenv_file.update(cfg.root / ".env", {f"{s.upper()}_IMAGE": ref for s, ref in built.items()})
+        print("recorded POSTGRES_IMAGE, REDIS_IMAGE, NGINX_IMAGE in .env")
+
+
+@task(help={"ref": "image to smoke (default: the last build)", "timeout": "seconds to wait for healthy"})
+def smoke(c: Context, ref: str = "", timeout: int = 60) -> None:
+    """Run the built image, wait for its HEALTHCHECK, check /health and /version, remove it."""
+    from conveyor import images
+    from conveyor.docker_engine import DockerEngine
+
+    runner = make_runner(c)
+    release = images.load_release(project_root())
+    images.smoke(
+        runner,
+        DockerEngine(runner),
+        ref or str(release["image_id"]),
+        str(release["git_sha"]),
+        timeout=timeout,
+    )
+
+
+@task(help={"env": "environment whose registry receives the image"})
+def push(c: Context, env: str = "") -> None:
+    """Push the last build to the environment's registry and record the pushed digest."""
+    from conveyor import images
+    from conveyor.docker_engine import DockerEngine
+
+    cfg = load_config(env or None)
+    runner = make_runner(c)
+    pushed = images.push(runner, DockerEngine(runner), cfg)
+    print(f"pushed {pushed}")
