@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "command", choices=["serve", "migrate"], help="serve: run the web server; migrate: apply schema"
     )
+    parser.add_argument(
+        "--reload", action="store_true", help="serve: restart on source changes (development only)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -21,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "migrate":
         return _migrate(settings)
-    return _serve(settings)
+    return _serve(settings, reload=args.reload)
 
 
 def _migrate(settings: Settings) -> int:
@@ -41,7 +44,17 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _serve(settings: Settings) -> int:
+def create_from_env() -> object:
+    """ASGI factory for `--reload` (uvicorn re-imports it in a fresh worker process)."""
+    from app.main import create_app
+    from app.observability import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def _serve(settings: Settings, *, reload: bool = False) -> int:
     import uvicorn
 
     from app.main import create_app
@@ -49,7 +62,10 @@ def _serve(settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     uvicorn.run(
-        create_app(settings),
+        "app.__main__:create_from_env" if reload else create_app(settings),
+        factory=reload,
+        reload=reload,
+        reload_dirs=["app"] if reload else None,
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -8,17 +8,35 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from conveyor.tasks import doctor, env, image, quality
+from conveyor.tasks import deploy, doctor, env, image, quality, stack
 
 
 def namespace() -> Collection:
     """Build a fresh Collection (each caller gets its own; nothing is shared at module level)."""
     ns = Collection()
-    for verb in (quality.lint, quality.typecheck, quality.test, quality.security, image.build, doctor.doctor):
+    verbs = (
+        quality.lint,
+        quality.typecheck,
+        quality.test,
+        quality.security,
+        image.build,
+        stack.up,
+        stack.down,
+        stack.ps,
+        stack.logs,
+        stack.exec_,
+        deploy.deploy,
+        deploy.plan,
+        deploy.rollback,
+        deploy.history,
+        doctor.doctor,
+    )
+    for verb in verbs:
         ns.add_task(verb)
     ns.add_collection(Collection.from_module(env, name="env"))
     images = Collection("image")
     for detail in (image.base, image.standins, image.smoke, image.push):
         images.add_task(detail)
     ns.add_collection(images)
+    ns.add_collection(Collection("lock", deploy.release_lock))
     return ns

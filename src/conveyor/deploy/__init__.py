@@ -1,0 +1,54 @@
+"""The deploy model (conveyor.deploy.model) and the factory that picks an environment's target."""
+
+from __future__ import annotations
+
+from conveyor.config import Config
+from conveyor.deploy.journal import FileJournal
+from conveyor.deploy.model import Deployer, Lock, Release, Target
+from conveyor.errors import ConveyorError
+from conveyor.runner import Runner
+from conveyor.secrets import SecretResolver
+
+__all__ = ["Deployer", "Release", "deployer_for", "lock_for", "target_for"]
+
+
+def target_for(cfg: Config, runner: Runner, image: str) -> Target:
+    """The environment's target. Targets whose module has not landed yet say so instead of pretending."""
+    if cfg.env.target == "compose":
+        from conveyor import compose
+        from conveyor.deploy.compose import ComposeDeployTarget
+        from conveyor.docker_engine import DockerEngine
+
+        resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
+        stack = compose.stack_for(cfg, resolver, image)
+        return ComposeDeployTarget(
+            runner, DockerEngine(runner), stack, lock_for(cfg), cfg.env.url, cfg.env.name
+        )
+    raise _not_available(cfg)
+
+
+def lock_for(cfg: Config) -> Lock:
+    """The environment's deploy lock (compose: a lock file)."""
+    if cfg.env.target == "compose":
+        from conveyor.deploy.locks import FileLock
+
+        return FileLock(cfg.root, cfg.env.name)
+    raise _not_available(cfg)
+
+
+def _not_available(cfg: Config) -> ConveyorError:
+    return ConveyorError(
+        f"environment {cfg.env.name}: deploying to target `{cfg.env.target}` is not available yet "
+        "(only compose is); see the project's open issues"
+    )
+
+
+def deployer_for(cfg: Config, runner: Runner, image: str) -> Deployer:
+    return Deployer(
+        target=target_for(cfg, runner, image),
+        runner=runner,
+        journal=FileJournal(cfg.root, cfg.env.name),
+        env=cfg.env.name,
+        timeout=cfg.env.deploy.timeout,
+        lock_ttl=cfg.env.deploy.lock_ttl,
+    )

@@ -1,0 +1,104 @@
+"""deploy, plan, rollback, history, lock.release: the deploy model from the command line."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from invoke.context import Context
+
+from conveyor.tasks._base import load_config, make_runner, task
+
+if TYPE_CHECKING:
+    from conveyor.config import Config
+    from conveyor.deploy import Release
+    from conveyor.runner import Runner
+
+ENV_HELP = {"env": "environment (default: local)"}
+
+
+def _release(c: Context, env: str) -> tuple[Config, Runner, Release]:
+    """Config, runner and the release to deploy: the last build, pushed first when the env has a registry."""
+    from conveyor import images
+    from conveyor.deploy import Release
+    from conveyor.docker_engine import DockerEngine
+
+    cfg = load_config(env or None)
+    runner = make_runner(c)
+    built = images.load_release(cfg.root)
+    image = str(built["image_id"])
+    if cfg.env.registry:
+        image = images.push(runner, DockerEngine(runner), cfg)
+    return cfg, runner, Release(image, str(built["git_sha"]))
+
+
+@task(help=ENV_HELP)
+def deploy(c: Context, env: str = "") -> None:
+    """Deploy the last build: lock, plan, migrate, apply, wait, smoke probe, record; roll back on failure."""
+    from conveyor.deploy import deployer_for
+
+    cfg, runner, release = _release(c, env)
+    deployer_for(cfg, runner, release.image).deploy(release, dry=runner.dry)
+
+
+@task(help=ENV_HELP)
+def plan(c: Context, env: str = "") -> None:
+    """Show what a deploy of the last build would change (nothing is changed)."""
+    from conveyor.deploy import deployer_for
+
+    cfg, runner, release = _release(c, env)
+    deployer_for(cfg, runner, release.image).deploy(release, dry=True)
+
+
+@task(help={**ENV_HELP, "to": "history entry number to go back to (default: the previous good release)"})
+def rollback(c: Context, env: str = "", to: int = 0) -> None:
+    """Deploy an earlier release again (same algorithm, verified): entry --to N or the previous good one."""
+    from conveyor.deploy import Release, deployer_for
+    from conveyor.deploy.journal import FileJournal
+    from conveyor.errors import UsageError
+
+    cfg = load_config(env or None)
+    runner = make_runner(c)
+    journal = FileJournal(cfg.root, cfg.env.name)
+    entry = journal.find(to) if to else journal.last_good_before_current()
+    if not entry.get("image"):
+        raise UsageError(f"history entry {entry['id']} has no image to go back to")
+    release = Release(str(entry["image"]), str(entry["git_sha"]))
+    deployer_for(cfg, runner, release.image).deploy(release, dry=runner.dry, action="rollback")
+
+
+@task(help={**ENV_HELP, "limit": "number of entries to show"})
+def history(c: Context, env: str = "", limit: int = 20) -> None:
+    """Show the environment's deploy journal: who, when, sha, result, duration, rollbacks."""
+    from conveyor.deploy.journal import FileJournal
+
+    cfg = load_config(env or None)
+    entries = FileJournal(cfg.root, cfg.env.name).entries()[-limit:]
+    if not entries:
+        print(f"no deploys recorded for {cfg.env.name}")
+        return
+    print(f"{'#':>3}  {'when':<24} {'action':<9} {'sha':<13} {'result':<10} {'secs':>6}  who / note")
+    for e in entries:
+        sha = (e.get("git_sha") or "-")[:12]
+        note = e.get("error") or (f"rollback of {e['rollback_of'][:12]}" if e.get("rollback_of") else "")
+        print(
+            f"{e['id']:>3}  {e['when']:<24} {e['action']:<9} {sha:<13} {e['result']:<10} {e['duration']:>6}  "
+            f"{e.get('who', '?')}{' - ' + note if note else ''}"
+        )
+
+
+@task(name="release", help={**ENV_HELP, "force": "break the lock even if another deploy holds it"})
+def release_lock(c: Context, env: str = "", force: bool = False) -> None:
+    """Release an environment's deploy lock (with --force: break a stale or foreign one)."""
+    from conveyor.deploy import lock_for
+    from conveyor.errors import UsageError
+
+    cfg = load_config(env or None)
+    lock = lock_for(cfg)
+    holder = lock.holder()
+    if holder is None:
+        print(f"{cfg.env.name} is not locked")
+        return
+    if not force:
+        raise UsageError(f"{cfg.env.name} is locked by {holder.describe()}; add --force to break it")
+    lock.release(None, force=True)
+    print(f"broke the lock of {cfg.env.name} held by {holder.describe()}")

@@ -1,0 +1,295 @@
+"""Compose environments and the deploy model on the real engine: real containers, real nginx, real rollbacks.
+
+The tests of this module share one copy of the project (one compose project) and run in file order:
+each deploy builds on the state the previous test left, as successive deploys do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.tests.conftest import free_port
+from tests.conftest import Project
+from tests.integration.conftest import copy_project
+
+pytestmark = pytest.mark.docker
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def commit(project: Project, message: str) -> str:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    subprocess.run(["git", "add", "-A"], cwd=project.root, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", message], cwd=project.root, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project.root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def containers(project_name: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project_name}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+class Env:
+    def __init__(self, project: Project, name: str, port: int) -> None:
+        self.project, self.name, self.port = project, name, port
+        self.url = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def env(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    project = copy_project(tmp_path_factory.mktemp("deploy"), base_image)
+    name = f"ctest-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    with (project.root / ".env").open("a") as dotenv:
+        dotenv.write(
+            f"POSTGRES_PASSWORD=pw-{uuid.uuid4().hex}\nHTTP_PORT={port}\nCONVEYOR_URL=http://127.0.0.1:{port}\n"
+            f"CONVEYOR_COMPOSE__PROJECT={name}\nCONVEYOR_DEPLOY__TIMEOUT=90\n"
+            f"DEV_HTTP_PORT={free_port()}\nDEV_POSTGRES_PORT={free_port()}\nDEV_REDIS_PORT={free_port()}\n"
+        )
+    built = project.invoke("build")
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr
+    try:
+        yield Env(project, name, port)
+    finally:
+        project.invoke("down", "--volumes")
+        subprocess.run(
+            ["docker", "compose", "-p", name, "down", "-v", "--remove-orphans"], capture_output=True
+        )
+
+
+def test_dry_deploy_starts_no_container(env: Env) -> None:
+    result = env.project.invoke("--dry", "deploy")
+    assert result.returncode == 0, result.stderr
+    assert "plan for local (target compose)" in result.stdout
+    assert "[dry] stopping after the plan" in result.stdout
+    assert containers(env.name) == []
+    assert not (env.project.root / ".conveyor/history/local.jsonl").exists()
+
+
+def test_build_test_deploy_end_to_end_through_nginx(env: Env) -> None:
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=env.project.root, capture_output=True, text=True
+    ).stdout
+    result = env.project.invoke(
+        "build", "test", "--python", "3.12", "--pytest", "-q -m 'not services' app/tests", "deploy"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert get(f"{env.url}/version")["git_sha"] == sha.strip()
+    request = urllib.request.Request(
+        f"{env.url}/notes", data=b'{"title": "through nginx"}', headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 201
+    assert get(f"{env.url}/ready")["status"] == "ready"
+    assert "wait for" in result.stdout
+    assert "smoke probe" in result.stdout
+
+
+def test_second_build_changes_version(env: Env) -> None:
+    env.project.write("app/release_note.py", "NOTE = 'second release'\n")
+    sha = commit(env.project, "second release")
+    start = time.monotonic()
+    result = env.project.invoke("build", "deploy")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    print(f"deploy wall time: {time.monotonic() - start:.1f}s")
+    assert get(f"{env.url}/version")["git_sha"] == sha
+
+
+def test_failing_release_is_rolled_back_and_journaled(env: Env) -> None:
+    good = get(f"{env.url}/version")["git_sha"]
+    main = env.project.root / "app/main.py"
+    main.write_text(main.read_text().replace("status_code=503 if failed else 200", "status_code=503"))
+    bad = commit(env.project, "broken readiness")
+    start = time.monotonic()
+    result = env.project.invoke("build", "deploy")
+    print(f"failed deploy + rollback wall time: {time.monotonic() - start:.1f}s")
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.startswith("conveyor: deploy to local failed at wait (web is unhealthy")
+    assert line.endswith(f"rolled back: serving {good[:12]} again (verified)")
+    assert get(f"{env.url}/version")["git_sha"] == good
+    history = [
+        json.loads(x) for x in (env.project.root / ".conveyor/history/local.jsonl").read_text().splitlines()
+    ]
+    assert [(e["action"], e["result"], e["git_sha"]) for e in history[-2:]] == [
+        ("deploy", "failed", bad),
+        ("rollback", "succeeded", good),
+    ]
+    shown = env.project.invoke("history")
+    assert "rollback of " + bad[:12] in shown.stdout
+
+
+def test_two_concurrent_deploys_exactly_one_proceeds(env: Env) -> None:
+    main = env.project.root / "app/main.py"
+    main.write_text(main.read_text().replace("status_code=503)", "status_code=503 if failed else 200)", 1))
+    commit(env.project, "fixed readiness")
+    assert env.project.invoke("build").returncode == 0
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "invoke", "deploy"],
+            cwd=env.project.root,
+            env=clean,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
+    for p in procs:
+        for stream in (p.stdout, p.stderr):
+            if stream:
+                stream.close()
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    refused = next(err for code, err in results if code == 1)
+    assert "conveyor: local is being deployed by " in refused
+    assert "(pid " in refused
+
+
+def test_sigint_during_wait_releases_lock_and_leaves_a_revision_serving(env: Env) -> None:
+    good = get(f"{env.url}/version")["git_sha"]
+    main = env.project.root / "app/main.py"
+    main.write_text(main.read_text().replace("status_code=503 if failed else 200", "status_code=503"))
+    commit(env.project, "never ready")
+    assert env.project.invoke("build").returncode == 0
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "deploy"],
+        cwd=env.project.root,
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("==> wait for"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, "".join(seen) + rest
+    assert "failed at wait (interrupted)" in err
+    assert not (env.project.root / ".conveyor/locks/local.lock").exists()
+    assert get(f"{env.url}/version")["git_sha"] == good
+
+
+def test_rollback_task_goes_back_to_the_previous_good_release(env: Env) -> None:
+    history = [
+        json.loads(x) for x in (env.project.root / ".conveyor/history/local.jsonl").read_text().splitlines()
+    ]
+    good = [e for e in history if e["result"] == "succeeded" and e.get("image")]
+    current = good[-1]["git_sha"]
+    previous = next(e["git_sha"] for e in reversed(good) if e["git_sha"] != current)
+    start = time.monotonic()
+    result = env.project.invoke("rollback")
+    print(f"rollback wall time: {time.monotonic() - start:.1f}s")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert get(f"{env.url}/version")["git_sha"] == previous
+
+
+# --- stacks and bad input -------------------------------------------------------------------------
+
+
+def test_unknown_service_for_logs_and_exec(env: Env) -> None:
+    for args in (["logs", "--service", "nope"], ["exec", "nope", "--cmd", "true"]):
+        result = env.project.invoke(*args)
+        assert result.returncode == 2
+        assert one_error_line(result).startswith("conveyor: unknown service `nope`; services: ")
+
+
+def test_missing_image_is_refused_before_anything_starts(env: Env, tmp_path: Path) -> None:
+    release = env.project.root / "build/release.json"
+    saved = release.read_text()
+    release.write_text(json.dumps({**json.loads(saved), "image_id": "sha256:" + "0" * 64}))
+    try:
+        before = containers(env.name)
+        result = env.project.invoke("deploy", env={"CONVEYOR_COMPOSE__PROJECT": env.name + "-x"})
+        assert result.returncode == 1
+        assert "is not in the engine (run `invoke build`" in one_error_line(result)
+        assert containers(env.name + "-x") == []
+        assert containers(env.name) == before
+    finally:
+        release.write_text(saved)
+
+
+def test_compose_syntax_error_names_file_and_line(env: Env) -> None:
+    path = env.project.root / "compose/compose.local.yaml"
+    saved = path.read_text()
+    path.write_text(saved.replace("  nginx:\n", "  nginx:\n  image: [unclosed\n", 1))
+    try:
+        result = env.project.invoke("up", env={"CONVEYOR_COMPOSE__PROJECT": env.name + "-y"})
+        assert result.returncode == 2
+        line = one_error_line(result)
+        assert re.match(r"conveyor: compose/compose\.local\.yaml:\d+: malformed compose file: ", line), line
+        assert containers(env.name + "-y") == []
+    finally:
+        path.write_text(saved)
+
+
+def test_port_taken_fails_cleanly_with_nothing_left(env: Env) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        name = env.name + "-z"
+        result = env.project.invoke(
+            "up", "--timeout", "60", env={"CONVEYOR_COMPOSE__PROJECT": name, "HTTP_PORT": str(taken)}
+        )
+    assert result.returncode == 1
+    assert "address already in use" in one_error_line(result)
+    assert containers(name) == []
+
+
+def test_dev_and_local_stacks_up_and_down(env: Env) -> None:
+    for stack, url_key in (("dev", "DEV_HTTP_PORT"), ("local", "HTTP_PORT")):
+        name = f"{env.name}-{stack}"
+        result = env.project.invoke("up", "--env", stack, env={"CONVEYOR_COMPOSE__PROJECT": name})
+        try:
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+            port = next(
+                line.split("=", 1)[1]
+                for line in (env.project.root / ".env").read_text().splitlines()
+                if line.startswith(url_key + "=")
+            )
+            assert get(f"http://127.0.0.1:{port}/ready")["status"] == "ready"
+            assert "is up:" in result.stdout
+        finally:
+            down = env.project.invoke(
+                "down", "--env", stack, "--volumes", env={"CONVEYOR_COMPOSE__PROJECT": name}
+            )
+        assert down.returncode == 0, down.stderr
+        assert containers(name) == []

@@ -1,0 +1,211 @@
+"""The deploy algorithm against a fake of OUR Target protocol: success, failure and rollback branches."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conveyor.deploy.journal import FileJournal
+from conveyor.deploy.locks import FileLock
+from conveyor.deploy.model import (
+    Change,
+    Deployer,
+    DeployFailed,
+    LockHeld,
+    Owner,
+    Plan,
+    Release,
+    Revision,
+    RolloutFailed,
+)
+from conveyor.runner import Runner
+
+OLD = Revision("img-old", "img-old", "a" * 40)
+NEW = Release("img-new", "b" * 40)
+
+
+@dataclass
+class FakeTarget:
+    """Serves one image; each method can be told to fail. Records the calls it saw, in order."""
+
+    lock: FileLock
+    serving: Revision | None = OLD
+    fail: dict[str, BaseException] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    kind: str = "fake"
+
+    def _maybe_fail(self, name: str) -> None:
+        self.calls.append(name)
+        if name in self.fail:
+            raise self.fail.pop(name)
+
+    def current(self) -> Revision | None:
+        return self.serving
+
+    def plan(self, release: Release) -> Plan:
+        self.calls.append("plan")
+        return Plan("test", self.kind, release, self.serving, (Change("image", "old", release.image),))
+
+    def release_steps(self, plan: Plan) -> None:
+        self._maybe_fail("release_steps")
+
+    def apply(self, plan: Plan) -> None:
+        self._maybe_fail("apply")
+        self.serving = Revision(plan.release.image, plan.release.image, plan.release.git_sha)
+
+    def wait(self, plan: Plan, expected: Release, deadline: float) -> None:
+        self._maybe_fail(f"wait:{expected.image}")
+
+    def rollback(self, plan: Plan, to: Revision) -> None:
+        self._maybe_fail("rollback")
+        self.serving = to
+
+    def stop(self, plan: Plan) -> None:
+        self.calls.append("stop")
+        self.serving = None
+
+    def version_url(self) -> str:
+        return "fake://version"
+
+
+def make(
+    tmp_path: Path, target: FakeTarget | None = None
+) -> tuple[Deployer, FakeTarget, FileJournal, io.StringIO]:
+    out = io.StringIO()
+    target = target or FakeTarget(FileLock(tmp_path, "test"))
+    journal = FileJournal(tmp_path, "test")
+    ticks = iter(range(0, 10_000))
+    deployer = Deployer(
+        target=target,  # type: ignore[arg-type]
+        runner=Runner(out=out),
+        journal=journal,
+        env="test",
+        timeout=30,
+        lock_ttl=60,
+        probe=lambda url: {"git_sha": target.serving.git_sha if target.serving else None},
+        clock=lambda: float(next(ticks)),
+        sleep=lambda s: None,
+    )
+    return deployer, target, journal, out
+
+
+def test_success_path_records_and_releases_the_lock(tmp_path: Path) -> None:
+    deployer, target, journal, out = make(tmp_path)
+    deployer.deploy(NEW)
+    assert target.calls == ["plan", "release_steps", "apply", "wait:img-new"]
+    assert [(e["action"], e["result"]) for e in journal.entries()] == [("deploy", "succeeded")]
+    assert journal.entries()[0]["previous_sha"] == OLD.git_sha
+    assert target.lock.holder() is None
+    assert "deploy to test succeeded" in out.getvalue()
+
+
+def test_dry_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
+    deployer, target, journal, out = make(tmp_path)
+    deployer.deploy(NEW, dry=True)
+    assert target.calls == ["plan"]
+    assert journal.entries() == []
+    assert "~ image: old -> img-new" in out.getvalue()
+    assert not target.lock.path.exists()
+
+
+def test_failed_release_step_touches_nothing(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.fail["release_steps"] = RolloutFailed("migration exited 1")
+    with pytest.raises(
+        DeployFailed, match="failed before apply .migration exited 1.; nothing changed, serving aaaa"
+    ):
+        deployer.deploy(NEW)
+    assert "apply" not in target.calls
+    assert target.serving == OLD
+    assert journal.entries()[-1]["result"] == "failed"
+
+
+def test_failed_wait_rolls_back_and_verifies(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.fail["wait:img-new"] = RolloutFailed("web is crash-looping")
+    with pytest.raises(DeployFailed) as exc:
+        deployer.deploy(NEW)
+    assert str(exc.value) == (
+        "deploy to test failed at wait (web is crash-looping); "
+        "rolled back: serving aaaaaaaaaaaa again (verified)"
+    )
+    assert target.calls[-2:] == ["rollback", "wait:img-old"]
+    assert target.serving == OLD
+    assert [(e["action"], e["result"]) for e in journal.entries()] == [
+        ("deploy", "failed"),
+        ("rollback", "succeeded"),
+    ]
+    assert target.lock.holder() is None
+
+
+def test_wrong_sha_in_smoke_probe_rolls_back(tmp_path: Path) -> None:
+    deployer, target, _journal, _ = make(tmp_path)
+    deployer.probe = lambda url: (
+        {"git_sha": "c" * 40} if target.serving is not OLD else {"git_sha": OLD.git_sha}
+    )
+    with pytest.raises(
+        DeployFailed, match="failed at smoke probe ./version reports cccccccccccc, expected bbbbbbbbbbbb"
+    ):
+        deployer.deploy(NEW)
+    assert target.serving == OLD
+
+
+def test_interrupt_during_wait_rolls_back_and_releases_the_lock(tmp_path: Path) -> None:
+    deployer, target, _journal, _ = make(tmp_path)
+    target.fail["wait:img-new"] = KeyboardInterrupt()
+    with pytest.raises(DeployFailed, match="failed at wait .interrupted.; rolled back"):
+        deployer.deploy(NEW)
+    assert target.serving == OLD
+    assert target.lock.holder() is None
+
+
+def test_first_deploy_failing_stops_the_failed_revision(tmp_path: Path) -> None:
+    deployer, target, _journal, _ = make(tmp_path)
+    target.serving = None
+    target.fail["wait:img-new"] = RolloutFailed("unhealthy")
+    with pytest.raises(DeployFailed, match="nothing was serving before, and the failed revision was stopped"):
+        deployer.deploy(NEW)
+    assert target.calls[-1] == "stop"
+
+
+def test_failed_rollback_says_so_loudly(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.fail["wait:img-new"] = RolloutFailed("unhealthy")
+    target.fail["wait:img-old"] = RolloutFailed("old one broke too")
+    with pytest.raises(
+        DeployFailed, match="the rollback to aaaaaaaaaaaa ALSO failed .old one broke too.: check"
+    ):
+        deployer.deploy(NEW)
+    assert [e["result"] for e in journal.entries()] == ["failed", "failed"]
+
+
+def test_held_lock_refuses_a_second_deploy_naming_the_holder(tmp_path: Path) -> None:
+    deployer, target, _journal, _ = make(tmp_path)
+    other = Owner("alice", "ci-runner-7", 4242, "d" * 40)
+    target.lock.acquire(other, ttl=60)
+    with pytest.raises(
+        LockHeld, match=r"test is being deployed by alice@ci-runner-7 \(pid 4242, sha dddddddddddd"
+    ):
+        deployer.deploy(NEW)
+    assert target.calls == []
+    assert target.lock.holder() == other
+
+
+def test_stale_lock_needs_force(tmp_path: Path) -> None:
+    lock = FileLock(tmp_path, "test")
+    lock.acquire(Owner("bob", "h", 1, "e" * 40, since=0.0), ttl=60)
+    with pytest.raises(LockHeld, match="stale .older than 60s.: `invoke lock.release --env test --force`"):
+        lock.acquire(Owner.here("f" * 40), ttl=60)
+    lock.release(None, force=True)
+    lock.acquire(Owner.here("f" * 40), ttl=60)
+
+
+def test_journal_rollback_target_is_the_previous_good_sha(tmp_path: Path) -> None:
+    journal = FileJournal(tmp_path, "test")
+    for sha, result in [("1", "succeeded"), ("2", "succeeded"), ("3", "failed"), ("2", "succeeded")]:
+        journal.record({"action": "deploy", "git_sha": sha * 40, "image": f"img{sha}", "result": result})
+    assert journal.last_good_before_current()["git_sha"] == "1" * 40
+    assert journal.find(2)["image"] == "img2"
