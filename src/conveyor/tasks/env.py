@@ -35,3 +35,24 @@ def show(c: Context, env: str = "") -> None:
     print(f"environment {cfg.env.name} (target {cfg.env.target})")
     for key, val, source in rows:
         print(f"  {key:<{width}}  {val:<{vwidth}}  {source}")
+
+
+@task(help={"env": "environment whose `env:` secrets to generate (default: local)"})
+def init(c: Context, env: str = "") -> None:
+    """Generate random values in .env for the environment's unset `env:` secrets (local machines only)."""
+    import secrets as random_source
+
+    from conveyor import dotenv_file
+
+    cfg = load_config(env or None)
+    missing = {
+        ref.target: random_source.token_urlsafe(24)
+        for ref in cfg.env.secrets.values()
+        if ref.scheme == "env" and ref.target not in cfg.dotenv
+    }
+    if not missing:
+        print(f"{cfg.env.name}: every env: secret is already set")
+        return
+    if not c.config.run.dry:
+        dotenv_file.update(cfg.root / ".env", missing)
+    print(f"{cfg.env.name}: generated {', '.join(sorted(missing))} in .env (values not shown)")

@@ -56,18 +56,29 @@ def build(
         "suite": "Debian suite",
         "mirror": "Debian mirror URL",
         "save": "record it as CONVEYOR_IMAGE__BASE_IMAGE in .env",
+        "force": "rebuild even if the image exists",
     }
 )
-def base(c: Context, name: str = "", suite: str = "bookworm", mirror: str = "", save: bool = False) -> None:
+def base(
+    c: Context,
+    name: str = "",
+    suite: str = "bookworm",
+    mirror: str = "",
+    save: bool = False,
+    force: bool = False,
+) -> None:
     """Build a Python base image from Debian packages (debootstrap + docker import), no registry needed."""
     from conveyor import dotenv_file, images
+    from conveyor.docker_engine import DockerEngine
 
     runner = make_runner(c)
     root = project_root()
-    ref = images.build_base(
-        runner, root, name=name or images.LOCAL_BASE, suite=suite, mirror=mirror or images.DEBIAN_MIRROR
-    )
-    print(f"base image {ref}")
+    ref = name or images.LOCAL_BASE
+    if not force and DockerEngine(runner).inspect_image(ref) is not None:
+        print(f"base image {ref} already in the engine (--force rebuilds it)")
+    else:
+        images.build_base(runner, root, name=ref, suite=suite, mirror=mirror or images.DEBIAN_MIRROR)
+        print(f"base image {ref}")
     if save and not runner.dry:
         dotenv_file.update(root / ".env", {"CONVEYOR_IMAGE__BASE_IMAGE": ref})
         print("recorded CONVEYOR_IMAGE__BASE_IMAGE in .env")

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian bookworm machine needs before `invoke build test deploy` (run as root):
+# engines (ci/setup-debian.sh), the kit, a local base image and service stand-ins (no registry here),
+# and generated local secrets. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash ci/setup-debian.sh
+echo "[bootstrap] pip install -e '.[dev]'"
+python3 -m pip install -q -e '.[dev]'
+# Machines that can pull official images may skip these two and keep the defaults.
+invoke image.base --save
+invoke image.standins --save
+invoke env.init --env local
+invoke doctor --env local
