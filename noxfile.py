@@ -38,15 +38,26 @@ def typecheck(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Unit tests and the app's tests against real Postgres/Redis, on every supported Python."""
     _install(session)
-    args = session.posargs or ["-m", "not docker and not aws and not k8s", "-p", "no:cacheprovider"]
-    session.run("pytest", *args, env={"COVERAGE_FILE": f".coverage.{session.python}"})
+    reports = [
+        f"--junitxml=reports/junit-{session.python}.xml",
+        "--cov=conveyor",
+        "--cov=app",
+        f"--cov-report=xml:reports/coverage-{session.python}.xml",
+    ]
+    args = session.posargs or [
+        "-m",
+        "not docker and not aws and not k8s and not pipeline",
+        "-p",
+        "no:cacheprovider",
+    ]
+    session.run("pytest", *reports, *args, env={"COVERAGE_FILE": f".coverage.{session.python}"})
 
 
 @nox.session(python=PRIMARY)
 def integration(session: nox.Session) -> None:
-    """Tests against real engines (docker, compose v2, registry, moto); once, on the primary Python."""
+    """Tests against real engines (docker, compose v2, registry) and whole-pipeline runs; primary Python."""
     _install(session)
-    args = session.posargs or ["-m", "docker or aws or k8s", "-p", "no:cacheprovider"]
+    args = session.posargs or ["-m", "docker or aws or k8s or pipeline", "-p", "no:cacheprovider"]
     session.run("pytest", *args)
 
 
@@ -54,4 +65,4 @@ def integration(session: nox.Session) -> None:
 def security(session: nox.Session) -> None:
     """Security scanners: bandit on src/ and app/."""
     session.install("bandit")
-    session.run("bandit", "-q", "-r", "src", "app", "-x", "app/tests")
+    session.run("bandit", "-q", "-c", "pyproject.toml", "-r", "src", "app", "-x", "app/tests")

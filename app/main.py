@@ -114,13 +114,18 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await asyncio.wait_for(_select_one(st["pool"]), settings.ready_timeout)
             return True
-        except (TimeoutError, PoolTimeout, psycopg.Error, OSError):
+        except (
+            asyncio.TimeoutError,
+            PoolTimeout,
+            psycopg.Error,
+            OSError,
+        ):  # asyncio's is not builtin on 3.10
             return False
 
     async def _redis_ok(st: dict[str, Any]) -> bool:
         try:
             return bool(await asyncio.wait_for(st["cache"].ping(), settings.ready_timeout))
-        except (TimeoutError, RedisError, OSError):
+        except (asyncio.TimeoutError, RedisError, OSError):
             return False
 
     @app.get("/version")

@@ -23,7 +23,8 @@ class Settings:
     git_sha: str = "unknown"
     image_digest: str = "unknown"
     log_level: str = "info"
-    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
+    # A container listens on all interfaces.
+    host: str = "0.0.0.0"  # noqa: S104  # nosec B104
     port: int = 8000
     max_body_bytes: int = 64 * 1024
     ready_timeout: float = 1.0
@@ -38,7 +39,7 @@ class Settings:
             git_sha=env.get("GIT_SHA", "unknown") or "unknown",
             image_digest=env.get("IMAGE_DIGEST", "unknown") or "unknown",
             log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS, "info"),
-            host=env.get("HOST", "0.0.0.0"),  # noqa: S104
+            host=env.get("HOST", "0.0.0.0"),  # noqa: S104  # nosec B104
             port=_number(env, "PORT", int, 8000, 1, 65535),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", int, 64 * 1024, 1024, 16 * 1024 * 1024),
             ready_timeout=_number(env, "READY_TIMEOUT", float, 1.0, 0.05, 30.0),

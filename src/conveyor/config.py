@@ -33,7 +33,7 @@ RESERVED_VARS = {"CONVEYOR_ENV"}  # selects the environment; not a config key
 class Key:
     """One config key: its type, default and a line of help (shown by env.show)."""
 
-    kind: str  # str | int | bool | list | map | secrets | target
+    kind: str  # str | url | int | list | map | secrets | target
     default: Any = None
     help: str = ""
 
@@ -42,7 +42,7 @@ SCHEMA: dict[str, Key] = {
     "project.name": Key("str", "app", "project name: compose project prefix, image labels"),
     "default_env": Key("str", "local", "environment used when --env is not given"),
     "target": Key("target", None, "where this environment deploys: compose, ecs or k8s"),
-    "url": Key("str", "", "base URL the smoke probe reaches the service at"),
+    "url": Key("url", "", "base URL the smoke probe reaches the service at (http:// or https://)"),
     "registry": Key("str", "", "registry to push to before deploying (empty: local engine only)"),
     "vars": Key("map", {}, "plain environment variables for the service"),
     "secrets": Key("secrets", {}, "NAME: reference (env:, file:, aws-sm:, ssm:) resolved at deploy"),
@@ -295,6 +295,10 @@ def _coerce(key: str, val: Any, where: str) -> Any:
         if isinstance(val, (str, int, float)) and not isinstance(val, bool):
             return str(val)
         raise ConfigError(f"{where}: `{key}` must be a string, got {_typename(val)}")
+    if kind == "url":
+        if isinstance(val, str) and (val == "" or val.startswith(("http://", "https://"))):
+            return val
+        raise ConfigError(f"{where}: `{key}` must be an http:// or https:// URL, got {val!r}")
     if kind == "int":
         if isinstance(val, int) and not isinstance(val, bool):
             return val

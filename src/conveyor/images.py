@@ -349,7 +349,8 @@ def _wait_healthy(engine: DockerEngine, container: str, timeout: float) -> int:
 
 def _get_json(url: str) -> dict[str, object]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own container on loopback
+        # Our own container on loopback.
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310  # nosec B310
             data: dict[str, object] = json.loads(response.read())
             return data
     except (urllib.error.URLError, OSError, ValueError) as exc:

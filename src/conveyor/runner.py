@@ -164,8 +164,7 @@ class Runner:
             if input is not None and proc.stdin is not None:
                 proc.stdin.write(input)
                 proc.stdin.close()
-            assert proc.stdout is not None
-            for line in proc.stdout:
+            for line in proc.stdout or ():
                 clean = self.redact(line.rstrip("\n"))
                 if clean.strip():
                     tail.append(clean.strip())

@@ -93,13 +93,12 @@ class SecretResolver:
         if self._aws is None:
             raise SecretError(f"secret {ref}: no AWS access configured for this environment")
         if ref.scheme == "aws-sm":
-            return self._secrets_manager(ref)
-        return self._ssm(ref)
+            return self._secrets_manager(ref, self._aws)
+        return self._ssm(ref, self._aws)
 
-    def _secrets_manager(self, ref: SecretRef) -> str:
-        assert self._aws is not None
+    def _secrets_manager(self, ref: SecretRef, aws: AwsClientFactory) -> str:
         try:
-            response = self._aws("secretsmanager").get_secret_value(SecretId=ref.target)
+            response = aws("secretsmanager").get_secret_value(SecretId=ref.target)
         except Exception as exc:  # botocore raises many types; translate at this boundary
             raise SecretError(f"secret {ref}: {_aws_error(exc)}") from None
         text = str(response.get("SecretString", ""))
@@ -115,10 +114,9 @@ class SecretResolver:
             raise SecretError(f"secret {ref}: the secret has no key `{ref.key}`")
         return str(data[ref.key])
 
-    def _ssm(self, ref: SecretRef) -> str:
-        assert self._aws is not None
+    def _ssm(self, ref: SecretRef, aws: AwsClientFactory) -> str:
         try:
-            response = self._aws("ssm").get_parameter(Name=ref.target, WithDecryption=True)
+            response = aws("ssm").get_parameter(Name=ref.target, WithDecryption=True)
         except Exception as exc:
             raise SecretError(f"secret {ref}: {_aws_error(exc)}") from None
         return str(response["Parameter"]["Value"])

@@ -134,6 +134,15 @@ def test_wrong_type_names_key_and_expected_type(project: Project) -> None:
     assert one_line(exc) == "invoke.yaml:3: `image.max_size_mb` must be an integer, got str 'big'"
 
 
+def test_url_must_be_http(project: Project) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(project, environ={"CONVEYOR_URL": "file:///etc/passwd"})
+    assert (
+        one_line(exc)
+        == "env CONVEYOR_URL: `url` must be an http:// or https:// URL, got 'file:///etc/passwd'"
+    )
+
+
 def test_missing_required_key(project: Project) -> None:
     project.write("deploy/environments/local.yaml", "url: http://x\n")
     with pytest.raises(ConfigError) as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from conveyor.tasks import deploy, doctor, env, image, quality, stack
+from conveyor.tasks import ci, deploy, doctor, env, image, quality, stack
 
 
 def namespace() -> Collection:
@@ -39,4 +39,21 @@ def namespace() -> Collection:
         images.add_task(detail)
     ns.add_collection(images)
     ns.add_collection(Collection("lock", deploy.release_lock))
+    ns.add_collection(Collection("ci", ci.run, ci.render, ci.check))
     return ns
+
+
+def task_names() -> set[str]:
+    """Every task name as typed on the command line (``build``, ``image.smoke``, ``ci``)."""
+    names: set[str] = set()
+
+    def walk(coll: Collection, prefix: str) -> None:
+        for name in coll.tasks:
+            names.add(prefix + name)
+        if coll.default:
+            names.add(prefix.rstrip("."))
+        for sub_name, sub in coll.collections.items():
+            walk(sub, f"{prefix}{sub_name}.")
+
+    walk(namespace(), "")
+    return names
