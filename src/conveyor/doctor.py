@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from conveyor.aws import credential_source
 from conveyor.errors import CommandFailed, ToolMissing
 from conveyor.runner import Runner
 
@@ -102,7 +102,7 @@ def run_checks(
             "kubectl" in needs,
         )
     )
-    aws = _aws_source(environ, aws_endpoint)
+    aws = credential_source(environ, aws_endpoint)
     checks.append(
         Check(
             "aws",
@@ -113,14 +113,3 @@ def run_checks(
         )
     )
     return checks
-
-
-def _aws_source(environ: Mapping[str, str], endpoint: str) -> str | None:
-    if endpoint:
-        return f"endpoint {endpoint}"
-    if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
-        return "AWS_ACCESS_KEY_ID in the environment"
-    if environ.get("AWS_PROFILE"):
-        return f"profile {environ['AWS_PROFILE']}"
-    creds = Path(environ.get("AWS_SHARED_CREDENTIALS_FILE", os.path.expanduser("~/.aws/credentials")))
-    return f"credentials file {creds}" if creds.is_file() else None

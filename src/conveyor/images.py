@@ -370,6 +370,10 @@ def push(runner: Runner, engine: DockerEngine, cfg: Config) -> str:
     refs = [str(r) for r in release["refs"]]
     repository = f"{cfg.env.registry.rstrip('/')}/{cfg.image.name}"
     tag = refs[0].rsplit(":", 1)[1]
+    if is_ecr(cfg.env.registry):
+        from conveyor.aws import AwsClients
+
+        ecr_prepare(runner, engine, AwsClients(cfg.env.ecs, cfg.dotenv), cfg.env.registry, cfg.image.name)
     with runner.step(f"push {repository}:{tag}"):
         engine.tag(str(release["image_id"]), repository, tag)
         digest = engine.push(repository, tag)
@@ -380,3 +384,35 @@ def push(runner: Runner, engine: DockerEngine, cfg: Config) -> str:
         path = cfg.root / RELEASE_FILE
         path.write_text(json.dumps({**release, "pushed": pushed}, indent=2) + "\n", encoding="utf-8")
     return pinned
+
+
+def is_ecr(registry: str) -> bool:
+    return ".dkr.ecr." in registry and registry.split("/")[0].endswith(".amazonaws.com")
+
+
+def ecr_prepare(runner: Runner, engine: DockerEngine, clients: Any, registry: str, name: str) -> None:
+    """Create the repository if missing, then log in with get_authorization_token (password to the SDK)."""
+    import base64
+
+    from conveyor.aws import error_code, translate
+
+    ecr = clients("ecr")
+    try:
+        ecr.describe_repositories(repositoryNames=[name])
+    except Exception as exc:
+        if error_code(exc) != "RepositoryNotFoundException":
+            raise translate("describe_repositories", exc) from None
+        if runner.dry:
+            runner.say(f"[dry] would create ECR repository {name}")
+        else:
+            try:
+                ecr.create_repository(repositoryName=name, imageScanningConfiguration={"scanOnPush": True})
+            except Exception as exc2:
+                raise translate("create_repository", exc2) from None
+            runner.say(f"created ECR repository {name}")
+    try:
+        data = ecr.get_authorization_token()["authorizationData"][0]
+    except Exception as exc:
+        raise translate("get_authorization_token", exc) from None
+    user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    engine.login(registry.split("/")[0], user, password)

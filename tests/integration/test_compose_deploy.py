@@ -277,21 +277,16 @@ def test_port_taken_fails_cleanly_with_nothing_left(env: Env) -> None:
 
 
 def test_dev_and_local_stacks_up_and_down(env: Env) -> None:
-    for stack, url_key in (("dev", "DEV_HTTP_PORT"), ("local", "HTTP_PORT")):
-        name = f"{env.name}-{stack}"
-        result = env.project.invoke("up", "--env", stack, env={"CONVEYOR_COMPOSE__PROJECT": name})
+    for stack, port_var in (("dev", "DEV_HTTP_PORT"), ("local", "HTTP_PORT")):
+        # Own project name and port: the deploys above still serve on the module's port.
+        name, port = f"{env.name}-{stack}", free_port()
+        overrides = {"CONVEYOR_COMPOSE__PROJECT": name, port_var: str(port)}
+        result = env.project.invoke("up", "--env", stack, env=overrides)
         try:
             assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-            port = next(
-                line.split("=", 1)[1]
-                for line in (env.project.root / ".env").read_text().splitlines()
-                if line.startswith(url_key + "=")
-            )
             assert get(f"http://127.0.0.1:{port}/ready")["status"] == "ready"
             assert "is up:" in result.stdout
         finally:
-            down = env.project.invoke(
-                "down", "--env", stack, "--volumes", env={"CONVEYOR_COMPOSE__PROJECT": name}
-            )
+            down = env.project.invoke("down", "--env", stack, "--volumes", env=overrides)
         assert down.returncode == 0, down.stderr
         assert containers(name) == []

@@ -67,6 +67,9 @@ class FakeTarget:
         self.calls.append("stop")
         self.serving = None
 
+    def finish(self, plan: Plan) -> None:
+        self.calls.append("finish")
+
     def version_url(self) -> str:
         return "fake://version"
 
@@ -95,7 +98,7 @@ def make(
 def test_success_path_records_and_releases_the_lock(tmp_path: Path) -> None:
     deployer, target, journal, out = make(tmp_path)
     deployer.deploy(NEW)
-    assert target.calls == ["plan", "release_steps", "apply", "wait:img-new"]
+    assert target.calls == ["plan", "release_steps", "apply", "wait:img-new", "finish"]
     assert [(e["action"], e["result"]) for e in journal.entries()] == [("deploy", "succeeded")]
     assert journal.entries()[0]["previous_sha"] == OLD.git_sha
     assert target.lock.holder() is None

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from conveyor.config import Config
 from conveyor.deploy.journal import FileJournal
 from conveyor.deploy.model import Deployer, Lock, Release, Target
 from conveyor.errors import ConveyorError
 from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
+
+if TYPE_CHECKING:
+    from conveyor.deploy.ecs import EcsApi
 
 __all__ = ["Deployer", "Release", "deployer_for", "lock_for", "target_for"]
 
@@ -24,22 +29,42 @@ def target_for(cfg: Config, runner: Runner, image: str) -> Target:
         return ComposeDeployTarget(
             runner, DockerEngine(runner), stack, lock_for(cfg), cfg.env.url, cfg.env.name
         )
+    if cfg.env.target == "ecs":
+        from conveyor.deploy import ecs
+        from conveyor.deploy.model import Owner
+
+        template = ecs.load_template(cfg.root / ecs.TEMPLATE)
+        ecs.check_static(cfg, template)
+        return ecs.EcsDeployTarget(runner, _ecs_api(cfg), cfg, template=template, deployer=Owner.here("").who)
     raise _not_available(cfg)
 
 
+def _ecs_api(cfg: Config) -> EcsApi:
+    from conveyor.aws import AwsClients
+    from conveyor.deploy.ecs import EcsApi
+
+    clients = AwsClients(cfg.env.ecs, cfg.dotenv)
+    clients.check()
+    return EcsApi(clients)
+
+
 def lock_for(cfg: Config) -> Lock:
-    """The environment's deploy lock (compose: a lock file)."""
+    """The environment's deploy lock (compose: a lock file; ecs: an SSM parameter)."""
     if cfg.env.target == "compose":
         from conveyor.deploy.locks import FileLock
 
         return FileLock(cfg.root, cfg.env.name)
+    if cfg.env.target == "ecs":
+        from conveyor.deploy.ecs import SsmLock
+
+        return SsmLock(_ecs_api(cfg), cfg.env.name)
     raise _not_available(cfg)
 
 
 def _not_available(cfg: Config) -> ConveyorError:
     return ConveyorError(
         f"environment {cfg.env.name}: deploying to target `{cfg.env.target}` is not available yet "
-        "(only compose is); see the project's open issues"
+        "(compose and ecs are); see the project's open issues"
     )
 
 

@@ -132,5 +132,8 @@ class ComposeDeployTarget:
             time.sleep(self.sleep)
         raise RolloutFailed(f"timed out: {last}")
 
+    def finish(self, plan: Plan) -> None:
+        """Nothing to clean up: old images stay in the engine for rollbacks."""
+
     def version_url(self) -> str:
         return f"{self.url}/version"

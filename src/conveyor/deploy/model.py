@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from conveyor.errors import ConveyorError
 from conveyor.runner import Runner
@@ -67,6 +67,7 @@ class Plan:
     current: Revision | None
     changes: tuple[Change, ...]
     steps: tuple[str, ...] = ()
+    detail: Any = field(default=None, compare=False, repr=False)  # the target's own payload (task definition)
 
     def render(self) -> list[str]:
         serving = f"{self.current.git_sha[:12]} ({self.current.image})" if self.current else "nothing"
@@ -128,6 +129,7 @@ class Target(Protocol):
     def wait(self, plan: Plan, expected: Release, deadline: float) -> None: ...
     def rollback(self, plan: Plan, to: Revision) -> None: ...
     def stop(self, plan: Plan) -> None: ...
+    def finish(self, plan: Plan) -> None: ...
     def version_url(self) -> str: ...
 
 
@@ -225,6 +227,11 @@ class Deployer:
                 f"{action} to {self.env} failed at {failed_at} ({reason}); {serving}"
             ) from None
         self._record(entry, "succeeded", start, None)
+        try:
+            with self.runner.step("housekeeping"):
+                self.target.finish(plan)
+        except ConveyorError as exc:  # the new revision serves; a cleanup failure is only a warning
+            self.runner.say(f"warning: housekeeping failed: {exc}")
         self.runner.say(
             f"{action} to {self.env} succeeded: serving {release.git_sha[:12]} in {self.clock() - start:.1f}s"
         )

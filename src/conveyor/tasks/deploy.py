@@ -17,18 +17,28 @@ ENV_HELP = {"env": "environment (default: local)"}
 
 
 def _release(c: Context, env: str) -> tuple[Config, Runner, Release]:
-    """Config, runner and the release to deploy: the last build, pushed first when the env has a registry."""
+    """Config, runner and the release to deploy: the last build, by digest in the env's registry.
+
+    With ``push`` (a real deploy) the image is pushed first; a plan or --dry run never pushes and shows
+    the digest of an earlier push, or the tag that would be pushed.
+    """
     from conveyor import images
     from conveyor.deploy import Release
-    from conveyor.docker_engine import DockerEngine
+    from conveyor.errors import ConfigError
 
     cfg = load_config(env or None)
     runner = make_runner(c)
     built = images.load_release(cfg.root)
-    image = str(built["image_id"])
-    if cfg.env.registry:
-        image = images.push(runner, DockerEngine(runner), cfg)
-    return cfg, runner, Release(image, str(built["git_sha"]))
+    sha = str(built["git_sha"])
+    if not cfg.env.registry:
+        if cfg.env.target != "compose":
+            raise ConfigError(
+                f"environment {cfg.env.name}: target {cfg.env.target} pulls from a registry; set `registry`"
+            )
+        return cfg, runner, Release(str(built["image_id"]), sha)
+    pushed = (built.get("pushed") or {}).get(cfg.env.name)
+    tag = str(built["refs"][0]).rsplit(":", 1)[1]
+    return cfg, runner, Release(pushed or f"{cfg.env.registry}/{cfg.image.name}:{tag} (not pushed yet)", sha)
 
 
 @task(help=ENV_HELP)
@@ -37,7 +47,14 @@ def deploy(c: Context, env: str = "") -> None:
     from conveyor.deploy import deployer_for
 
     cfg, runner, release = _release(c, env)
-    deployer_for(cfg, runner, release.image).deploy(release, dry=runner.dry)
+    deployer = deployer_for(cfg, runner, release.image)  # every static check happens here, before a push
+    if cfg.env.registry and not runner.dry:
+        from conveyor import images
+        from conveyor.deploy import Release
+        from conveyor.docker_engine import DockerEngine
+
+        release = Release(images.push(runner, DockerEngine(runner), cfg), release.git_sha)
+    deployer.deploy(release, dry=runner.dry)
 
 
 @task(help=ENV_HELP)
