@@ -28,8 +28,12 @@ for svc in redis-server postgresql docker-registry; do
 done
 
 # --- compose v2 + buildx from trixie (pinned low so nothing else is upgraded) -----------------
-if ! docker compose version >/dev/null 2>&1 || ! docker buildx version >/dev/null 2>&1; then
-  log "installing compose v2 and buildx from trixie"
+trixie_pkgs=()
+docker compose version >/dev/null 2>&1 || trixie_pkgs+=(docker-compose)
+docker buildx version >/dev/null 2>&1 || trixie_pkgs+=(docker-buildx)
+command -v kubectl >/dev/null 2>&1 || trixie_pkgs+=(kubectl)
+if [ "${#trixie_pkgs[@]}" -gt 0 ]; then
+  log "installing ${trixie_pkgs[*]} from trixie"
   src=/etc/apt/sources.list.d/conveyor-trixie.sources
   pref=/etc/apt/preferences.d/conveyor-trixie
   awk 'BEGIN{RS="";ORS="\n\n"} /debian-security/ {next} {print; exit}' /etc/apt/sources.list.d/debian.sources \
@@ -37,7 +41,7 @@ if ! docker compose version >/dev/null 2>&1 || ! docker buildx version >/dev/nul
   printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' > "$pref"
   trap 'rm -f "$src" "$pref"' EXIT
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends -t trixie docker-compose docker-buildx >/dev/null
+  apt-get install -y -qq --no-install-recommends -t trixie "${trixie_pkgs[@]}" >/dev/null
   rm -f "$src" "$pref"
   trap - EXIT
   apt-get update -qq
@@ -53,7 +57,8 @@ if ! docker info >/dev/null 2>&1; then
 fi
 docker compose version >/dev/null || die "docker compose v2 missing"
 docker buildx version >/dev/null || die "docker buildx missing"
-log "docker $(docker version -f '{{.Server.Version}}'), $(docker compose version --short 2>/dev/null || true) compose, buildx ok"
+command -v kubectl >/dev/null || die "kubectl missing"
+log "docker $(docker version -f '{{.Server.Version}}'), compose $(docker compose version --short), buildx, kubectl ok"
 
 # --- Pythons for the nox matrix --------------------------------------------------------------
 if command -v pyenv >/dev/null 2>&1; then

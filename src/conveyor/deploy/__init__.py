@@ -18,7 +18,7 @@ __all__ = ["Deployer", "Release", "deployer_for", "lock_for", "target_for"]
 
 
 def target_for(cfg: Config, runner: Runner, image: str) -> Target:
-    """The environment's target. Targets whose module has not landed yet say so instead of pretending."""
+    """The deploy target of the environment: compose, ecs or k8s (the same Deployer drives them all)."""
     if cfg.env.target == "compose":
         from conveyor import compose
         from conveyor.deploy.compose import ComposeDeployTarget
@@ -36,6 +36,13 @@ def target_for(cfg: Config, runner: Runner, image: str) -> Target:
         template = ecs.load_template(cfg.root / ecs.TEMPLATE)
         ecs.check_static(cfg, template)
         return ecs.EcsDeployTarget(runner, _ecs_api(cfg), cfg, template=template, deployer=Owner.here("").who)
+    if cfg.env.target == "k8s":
+        from conveyor.deploy import k8s
+        from conveyor.deploy.model import Owner
+
+        resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
+        kube = k8s.KubeCtl(runner, cfg.env.k8s.namespace, cfg.env.k8s.context)
+        return k8s.K8sDeployTarget(runner, kube, cfg, deployer=Owner.here("").who, resolver=resolver)
     raise _not_available(cfg)
 
 
@@ -49,7 +56,7 @@ def _ecs_api(cfg: Config) -> EcsApi:
 
 
 def lock_for(cfg: Config) -> Lock:
-    """The environment's deploy lock (compose: a lock file; ecs: an SSM parameter)."""
+    """The environment's deploy lock (compose: a lock file; ecs: an SSM parameter; k8s: a Lease)."""
     if cfg.env.target == "compose":
         from conveyor.deploy.locks import FileLock
 
@@ -58,14 +65,17 @@ def lock_for(cfg: Config) -> Lock:
         from conveyor.deploy.ecs import SsmLock
 
         return SsmLock(_ecs_api(cfg), cfg.env.name)
+    if cfg.env.target == "k8s":
+        from conveyor.deploy.k8s import KubeCtl, LeaseLock
+        from conveyor.runner import Runner
+
+        kube = KubeCtl(Runner(), cfg.env.k8s.namespace, cfg.env.k8s.context)
+        return LeaseLock(kube, cfg.env.k8s.namespace, cfg.env.name)
     raise _not_available(cfg)
 
 
 def _not_available(cfg: Config) -> ConveyorError:
-    return ConveyorError(
-        f"environment {cfg.env.name}: deploying to target `{cfg.env.target}` is not available yet "
-        "(compose and ecs are); see the project's open issues"
-    )
+    return ConveyorError(f"environment {cfg.env.name}: unknown target `{cfg.env.target}`")
 
 
 def deployer_for(cfg: Config, runner: Runner, image: str) -> Deployer:

@@ -68,13 +68,16 @@ class Plan:
     changes: tuple[Change, ...]
     steps: tuple[str, ...] = ()
     detail: Any = field(default=None, compare=False, repr=False)  # the target's own payload (task definition)
+    preview: str = field(default="", compare=False, repr=False)  # shown by plan/--dry: what would be applied
 
     def render(self) -> list[str]:
         serving = f"{self.current.git_sha[:12]} ({self.current.image})" if self.current else "nothing"
+        pinned = "@sha256:" in self.release.image or self.release.image.startswith("sha256:")
+        note = "" if pinned else " - a tag: pushed and pinned to its digest by `invoke deploy`"
         lines = [
             f"plan for {self.env} (target {self.target})",
             f"  serving now : {serving}",
-            f"  deploying   : {self.release.git_sha[:12]} ({self.release.image})",
+            f"  deploying   : {self.release.git_sha[:12]} ({self.release.image}){note}",
         ]
         if not self.changes:
             lines.append("  changes     : none (the release is already serving)")
@@ -172,6 +175,8 @@ class Deployer:
             plan = self.target.plan(release)
             for line in plan.render():
                 say(line)
+            if plan.preview:
+                say(plan.preview.rstrip("\n"))
             say("[dry] stopping after the plan: nothing was changed")
             return plan
         with self.runner.step(f"lock {self.env}"):

@@ -38,7 +38,7 @@ def _release(c: Context, env: str) -> tuple[Config, Runner, Release]:
         return cfg, runner, Release(str(built["image_id"]), sha)
     pushed = (built.get("pushed") or {}).get(cfg.env.name)
     tag = str(built["refs"][0]).rsplit(":", 1)[1]
-    return cfg, runner, Release(pushed or f"{cfg.env.registry}/{cfg.image.name}:{tag} (not pushed yet)", sha)
+    return cfg, runner, Release(pushed or f"{cfg.env.registry}/{cfg.image.name}:{tag}", sha)
 
 
 @task(help=ENV_HELP)
