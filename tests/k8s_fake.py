@@ -66,6 +66,14 @@ class FakeKube:
                 )
         return "\n".join(lines)
 
+    def rollout_history(self, name: str) -> str:
+        """As kubectl prints it: REVISION and CHANGE-CAUSE columns, oldest first."""
+        rows = ["deployment.apps/" + name, "REVISION  CHANGE-CAUSE"]
+        for rs in sorted(self.sets, key=lambda r: int(r["metadata"]["annotations"][REVISION])):
+            cause = rs.get("change_cause", "<none>")
+            rows.append(f"{rs['metadata']['annotations'][REVISION]:<9} {cause}")
+        return "\n".join(rows) + "\n"
+
     def replicasets(self, selector: str) -> list[dict[str, Any]]:
         self.calls.append(f"get replicasets -l {selector}")
         return json.loads(json.dumps(self.sets))
@@ -127,6 +135,7 @@ class FakeKube:
             "status": {},
         }
         rs["metadata"]["annotations"][REVISION] = str(self.revision)
+        rs["change_cause"] = obj["metadata"]["annotations"].get("kubernetes.io/change-cause", "<none>")
         rs["status"]["readyReplicas"] = replicas if outcome == "succeed" else 0
         rs["outcome"] = outcome
         if existing is None:

@@ -222,6 +222,18 @@ def test_deploy_registers_migrates_updates_and_waits_for_our_primary(ecs: Ecs) -
     assert svc["deploymentConfiguration"]["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
 
 
+def test_live_history_lists_revisions_with_their_tags(ecs: Ecs) -> None:
+    ecs.harness.scenarios.extend(["succeed"])
+    target = ecs.target()
+    ecs.deployer(target).deploy(NEW)
+    lines = target.live_history()
+    assert lines[0].startswith(f"* {ecs.family}:2")
+    assert NEW_SHA[:12] in lines[0]
+    assert "tester" in lines[0]
+    assert lines[1].startswith(f"  {ecs.family}:1")
+    assert OLD_SHA[:12] in lines[1]
+
+
 def test_failing_tasks_fail_fast_and_our_rollback_wins(ecs: Ecs) -> None:
     ecs.harness.scenarios.extend(["fail", "succeed"])
     with pytest.raises(DeployFailed) as exc:

@@ -73,6 +73,9 @@ class FakeTarget:
     def version_url(self) -> str:
         return "fake://version"
 
+    def live_history(self) -> list[str]:
+        return []
+
 
 def make(
     tmp_path: Path, target: FakeTarget | None = None

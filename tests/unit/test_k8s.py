@@ -149,6 +149,19 @@ def test_deploy_success_job_before_apply_then_verified(project: Project) -> None
     assert SENTINEL not in " ".join(kube.calls)
 
 
+def test_live_history_reads_rollout_history_and_annotations(project: Project) -> None:
+    kube = seeded(project)
+    deployer, target, _ = make(project, kube)
+    deployer.deploy(NEW)
+    lines = target.live_history()
+    assert lines[1].split() == ["REVISION", "CHANGE-CAUSE"]
+    assert lines[2].split()[0] == "1"
+    assert f"conveyor deploy {OLD.git_sha[:12]} by tester" in lines[2]
+    assert lines[3].split()[0] == "2"
+    assert f"conveyor deploy {NEW.git_sha[:12]} by tester" in lines[3]
+    assert lines[-1] == f"serving: revision 2, sha {NEW.git_sha[:12]}, {NEW.image}"
+
+
 def test_rollout_timeout_is_undone_and_verified(project: Project) -> None:
     kube = seeded(project)
     kube.rollouts.extend(["timeout"])

@@ -135,5 +135,9 @@ class ComposeDeployTarget:
     def finish(self, plan: Plan) -> None:
         """Nothing to clean up: old images stay in the engine for rollbacks."""
 
+    def live_history(self) -> list[str]:
+        """Compose keeps no revisions of its own: the journal is the history."""
+        return []
+
     def version_url(self) -> str:
         return f"{self.url}/version"

@@ -496,6 +496,19 @@ class EcsDeployTarget:
     def version_url(self) -> str:
         return f"{self.cfg.env.url.rstrip('/')}/version"
 
+    def live_history(self) -> list[str]:
+        """The family's active revisions with conveyor's tags (sha, deployer), newest first."""
+        primary = _primary(self.api.describe_service(self.cluster, self.service))
+        serving = primary["taskDefinition"] if primary else ""
+        lines = []
+        for arn in reversed(self.api.list_task_definitions(str(self.template["family"]))):
+            definition, tags = self.api.describe_task_definition(arn)
+            mark = "*" if arn == serving else " "
+            sha, who = tags.get(TAG_SHA, "?")[:12], tags.get(TAG_DEPLOYER, "?")
+            image = definition["containerDefinitions"][0]["image"]
+            lines.append(f"{mark} {_short(arn):<28} {sha:<13} {who:<12} {image}")
+        return lines
+
 
 def _primary(service: Mapping[str, Any]) -> dict[str, Any] | None:
     for deployment in service.get("deployments") or []:

@@ -54,6 +54,7 @@ class KubeApi(Protocol):
     def scale(self, name: str, replicas: int) -> None: ...
     def rollout_status(self, name: str, timeout: int) -> None: ...
     def rollout_undo(self, name: str, revision: int) -> None: ...
+    def rollout_history(self, name: str) -> str: ...
     def replicasets(self, selector: str) -> list[dict[str, Any]]: ...
 
 
@@ -141,6 +142,9 @@ class KubeCtl:
 
     def rollout_undo(self, name: str, revision: int) -> None:
         self._run("rollout", "undo", f"deployment/{name}", f"--to-revision={revision}", mutates=True)
+
+    def rollout_history(self, name: str) -> str:
+        return self._run("rollout", "history", f"deployment/{name}")
 
     def replicasets(self, selector: str) -> list[dict[str, Any]]:
         out = self._run("get", "replicasets", "-l", selector, "-o", "json")
@@ -470,3 +474,11 @@ class K8sDeployTarget:
 
     def version_url(self) -> str:
         return f"{self.cfg.env.url.rstrip('/')}/version"
+
+    def live_history(self) -> list[str]:
+        """`kubectl rollout history` (CHANGE-CAUSE carries sha and deployer) and what serves now."""
+        current = self.current()
+        lines = self.kube.rollout_history(self.name).rstrip().splitlines()
+        if current is not None:
+            lines.append(f"serving: revision {current.ref}, sha {current.git_sha[:12]}, {current.image}")
+        return lines

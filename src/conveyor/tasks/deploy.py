@@ -85,13 +85,20 @@ def rollback(c: Context, env: str = "", to: int = 0) -> None:
 
 @task(help={**ENV_HELP, "limit": "number of entries to show"})
 def history(c: Context, env: str = "", limit: int = 20) -> None:
-    """Show the environment's deploy journal: who, when, sha, result, duration, rollbacks."""
+    """Show deploy history: live revisions (ECS, k8s) and the journal (who, when, sha, result)."""
     from conveyor.deploy.journal import FileJournal
 
     cfg = load_config(env or None)
+    if cfg.env.target != "compose":  # ECS task definitions / Kubernetes rollout history, live
+        from conveyor.deploy import target_for
+
+        print(f"{cfg.env.name} ({cfg.env.target}), live revisions:")
+        for line in target_for(cfg, make_runner(c), "none").live_history():
+            print(f"  {line}")
+        print()
     entries = FileJournal(cfg.root, cfg.env.name).entries()[-limit:]
     if not entries:
-        print(f"no deploys recorded for {cfg.env.name}")
+        print(f"no deploys recorded for {cfg.env.name} in {FileJournal(cfg.root, cfg.env.name).path.name}")
         return
     print(f"{'#':>3}  {'when':<24} {'action':<9} {'sha':<13} {'result':<10} {'secs':>6}  who / note")
     for e in entries:
