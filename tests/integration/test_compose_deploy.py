@@ -206,7 +206,8 @@ def test_sigint_during_wait_releases_lock_and_leaves_a_revision_serving(env: Env
     assert not (env.project.root / ".conveyor/locks/local.lock").exists()
     assert get(f"{env.url}/version")["git_sha"] == good
     main.write_text(main.read_text().replace("status_code=503)", "status_code=503 if failed else 200)", 1))
-    commit(env.project, "ready again")  # later tests mount this source (dev stack)
+    commit(env.project, "ready again")  # later tests mount this source (dev stack) and `up` the last build
+    assert env.project.invoke("build").returncode == 0
 
 
 def test_rollback_task_goes_back_to_the_previous_good_release(env: Env) -> None:
