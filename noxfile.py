@@ -57,12 +57,13 @@ def tests(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """Tests against real engines (docker, compose v2, registry) and whole-pipeline runs; primary Python."""
     _install(session)
-    args = session.posargs or ["-m", "docker or aws or k8s or pipeline", "-p", "no:cacheprovider"]
+    session.install("-e", ".[scanners]")
+    args = session.posargs or ["-m", "docker or aws or k8s or pipeline or scanners", "-p", "no:cacheprovider"]
     session.run("pytest", *args)
 
 
 @nox.session(python=PRIMARY)
 def security(session: nox.Session) -> None:
-    """Security scanners: bandit on src/ and app/."""
-    session.install("bandit")
-    session.run("bandit", "-q", "-c", "pyproject.toml", "-r", "src", "app", "-x", "app/tests")
+    """Security scanners (bandit, pip-audit, hadolint, checkov) with a summary; `-- --allow-unverified`."""
+    session.install("-e", ".[scanners]")
+    session.run("python", "-m", "conveyor.security", *session.posargs)

@@ -36,7 +36,7 @@ def test(c: Context, python: str = "", pytest: str = "") -> None:
     _nox(c, f"tests-{python}" if python else "tests", pytest)
 
 
-@task
-def security(c: Context) -> None:
-    """Run the security scanners (nox -s security)."""
-    _nox(c, "security")
+@task(help={"allow_unverified": "pass when a scanner could not verify (pip-audit service unreachable)"})
+def security(c: Context, allow_unverified: bool = False) -> None:
+    """Run the security scanners with a summary table (nox -s security)."""
+    _nox(c, "security", "--allow-unverified" if allow_unverified else "")
