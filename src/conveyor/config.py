@@ -33,7 +33,7 @@ RESERVED_VARS = {"CONVEYOR_ENV"}  # selects the environment; not a config key
 class Key:
     """One config key: its type, default and a line of help (shown by env.show)."""
 
-    kind: str  # str | url | int | list | map | secrets | target
+    kind: str  # str | url | int | severity | list | map | secrets | target
     default: Any = None
     help: str = ""
 
@@ -52,6 +52,7 @@ SCHEMA: dict[str, Key] = {
     "image.base_image": Key("str", "python:3.12-slim", "BASE_IMAGE build arg"),
     "image.max_size_mb": Key("int", 500, "the build fails when the runtime image is bigger"),
     "image.target": Key("str", "runtime", "default Dockerfile stage to build"),
+    "security.max_severity": Key("severity", "medium", "promotion refuses findings above this severity"),
     "deploy.timeout": Key("int", 300, "seconds to wait for a new revision to win"),
     "deploy.lock_ttl": Key("int", 1800, "seconds after which a deploy lock counts as stale"),
     "deploy.keep_revisions": Key("int", 5, "old revisions kept (ECS task definitions)"),
@@ -299,6 +300,10 @@ def _coerce(key: str, val: Any, where: str) -> Any:
         if isinstance(val, str) and (val == "" or val.startswith(("http://", "https://"))):
             return val
         raise ConfigError(f"{where}: `{key}` must be an http:// or https:// URL, got {val!r}")
+    if kind == "severity":
+        if val not in ("low", "medium", "high", "critical"):
+            raise ConfigError(f"{where}: `{key}` must be one of low, medium, high, critical, got {val!r}")
+        return val
     if kind == "int":
         if isinstance(val, int) and not isinstance(val, bool):
             return val

@@ -379,6 +379,11 @@ def push(runner: Runner, engine: DockerEngine, cfg: Config) -> str:
         digest = engine.push(repository, tag)
     pinned = f"{repository}@{digest}"
     if not runner.dry:
+        from conveyor import supply
+
+        local_sbom = supply.sbom_path(cfg.root, str(release["image_id"]))
+        if local_sbom.is_file():  # the same image under its registry digest
+            supply.save_sbom(cfg.root, json.loads(local_sbom.read_text(encoding="utf-8")), digest)
         pushed = dict(release.get("pushed", {}))
         pushed[cfg.env.name] = pinned
         path = cfg.root / RELEASE_FILE

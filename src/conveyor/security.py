@@ -168,6 +168,21 @@ def summary(results: list[ScanResult]) -> list[str]:
     return rows
 
 
+def _write_record(root: Path, results: list[ScanResult]) -> None:
+    """reports/security/record-<git sha>.json: what the promotion gate reads."""
+    from datetime import datetime, timezone
+
+    head = _run(["git", "rev-parse", "HEAD"], root).stdout.strip() or "unknown"
+    dirty = bool(_run(["git", "status", "--porcelain"], root).stdout.strip())
+    record = {
+        "git_sha": head,
+        "dirty": dirty,
+        "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "scanners": [{"name": r.name, "status": r.status, "counts": dict(r.counts)} for r in results],
+    }
+    (root / REPORTS / f"record-{head}.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None, root: Path | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conveyor.security", description=__doc__.splitlines()[0])
     parser.add_argument("--allow-unverified", action="store_true", help="exit 0 when a scanner is UNVERIFIED")
@@ -190,6 +205,8 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
     }
     chosen = [s for s in args.only.split(",") if s] or list(scanners)
     results = [scanners[name]() for name in chosen]
+    if not args.only:  # a record is complete or it is not written
+        _write_record(root, results)
     say = sys.stdout.write
     for line in summary(results):
         say(line + "\n")

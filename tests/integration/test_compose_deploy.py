@@ -224,6 +224,30 @@ def test_rollback_task_goes_back_to_the_previous_good_release(env: Env) -> None:
     assert get(f"{env.url}/version")["git_sha"] == previous
 
 
+def test_the_database_password_never_leaks(env: Env) -> None:
+    """The secret (POSTGRES_PASSWORD, resolved from .env) is in no output, journal, log, layer or CI file."""
+    password = next(
+        line.split("=", 1)[1]
+        for line in (env.project.root / ".env").read_text().splitlines()
+        if line.startswith("POSTGRES_PASSWORD=")
+    )
+    seen = []
+    for args in (["plan"], ["deploy"], ["history"], ["logs", "--tail", "1000"], ["env.show"]):
+        result = env.project.invoke(*args)
+        assert result.returncode == 0, result.stderr
+        seen.append(result.stdout + result.stderr)
+    image = json.loads((env.project.root / "build/release.json").read_text())["image_id"]
+    seen.append(
+        subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True, text=True).stdout
+    )
+    seen.append(subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True).stdout)
+    seen.append((env.project.root / ".conveyor/history/local.jsonl").read_text())
+    for ci_file in (".github/workflows/ci.yml", ".gitlab-ci.yml"):
+        seen.append((env.project.root / ci_file).read_text())
+    assert all(password not in text for text in seen)
+    assert "postgresql://app:***@" not in seen[3]  # the app does not even log its URL, masked or not
+
+
 # --- stacks and bad input -------------------------------------------------------------------------
 
 

@@ -402,3 +402,17 @@ def test_ecr_repository_created_and_login_through_the_sdk(ecs: Ecs) -> None:
     assert runner.redact(f"token {password}") == "token ***"
     ecr_prepare(runner, engine, ecs.boto, registry, name)  # exists now: no second create
     assert out.getvalue().count("created ECR repository") == 1
+
+
+def test_promote_refuses_a_digest_without_sbom_before_touching_the_target(ecs: Ecs) -> None:
+    text = (ecs.project.root / "deploy/environments/staging.yaml").read_text()
+    ecs.project.write(
+        "deploy/environments/production.yaml", text.replace(ecs.cfg.env.ecs.cluster, "prod-cluster")
+    )
+    result = ecs.project.invoke("promote", "--from", "staging", "--to", "production")
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "conveyor: sha256:111111111111... has no SBOM in reports/sbom/: build and push it with conveyor"
+    )
+    assert ecs.boto("ecs").list_clusters()["clusterArns"].count("prod-cluster") == 0

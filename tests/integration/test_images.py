@@ -40,6 +40,23 @@ def test_build_tags_by_git_sha_and_branch(built_project: Project) -> None:
     assert {"org.opencontainers.image.created", "org.opencontainers.image.version"} <= set(labels)
 
 
+def test_build_writes_an_sbom_of_the_images_own_venv(built_project: Project) -> None:
+    rel = release(built_project)
+    path = built_project.root / "reports/sbom" / (rel["image_id"].replace(":", "-") + ".cdx.json")
+    sbom = json.loads(path.read_text())
+    assert sbom["bomFormat"] == "CycloneDX"
+    assert sbom["metadata"]["component"]["version"] == rel["image_id"]
+    versions = {c["name"].lower(): c["version"] for c in sbom["components"]}
+    lock = dict(
+        line.strip().lower().split("==")
+        for line in (built_project.root / "app/requirements.lock").read_text().splitlines()
+        if "==" in line
+    )
+    assert versions["fastapi"] == lock["fastapi"]
+    assert versions["uvicorn"] == lock["uvicorn"]
+    assert "pytest" not in versions  # test tools are not in the runtime image
+
+
 def test_smoke_passes_and_leaves_no_container(built_project: Project) -> None:
     before = set(docker("ps", "-aq").stdout.split())
     result = built_project.invoke("image.smoke")
@@ -124,6 +141,8 @@ def test_push_to_a_real_registry_and_pull_by_digest(built_project: Project, regi
     docker("rmi", "-f", pinned.split("@")[0] + ":" + release(built_project)["refs"][0].split(":")[1])
     pulled = docker("pull", pinned)
     assert pulled.returncode == 0, pulled.stderr
+    digest = pinned.split("@")[1]
+    assert (built_project.root / "reports/sbom" / (digest.replace(":", "-") + ".cdx.json")).is_file()
 
 
 def test_size_budget_fails_with_both_numbers(built_project: Project) -> None:

@@ -29,6 +29,7 @@ def namespace() -> Collection:
         deploy.plan,
         deploy.rollback,
         deploy.history,
+        deploy.promote,
         doctor.doctor,
     )
     for verb in verbs:

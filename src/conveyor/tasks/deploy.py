@@ -126,3 +126,27 @@ def release_lock(c: Context, env: str = "", force: bool = False) -> None:
         raise UsageError(f"{cfg.env.name} is locked by {holder.describe()}; add --force to break it")
     lock.release(None, force=True)
     print(f"broke the lock of {cfg.env.name} held by {holder.describe()}")
+
+
+@task(
+    name="promote",
+    help={"from_": "environment whose running digest is promoted", "to": "environment to deploy it to"},
+)
+def promote(c: Context, from_: str, to: str) -> None:
+    """Deploy the exact digest running in one environment to the next, if its SBOM and scans allow it."""
+    from conveyor import supply
+    from conveyor.deploy import Release, deployer_for, target_for
+    from conveyor.errors import ConveyorError
+
+    source = load_config(from_)
+    runner = make_runner(c)
+    serving = target_for(source, runner, "none").current()
+    if serving is None:
+        raise ConveyorError(f"nothing is serving in {source.env.name}: there is no digest to promote")
+    dest = load_config(to)
+    supply.gate(dest.root, serving.image, serving.git_sha, dest.values["security.max_severity"].value)
+    runner.say(
+        f"promoting {serving.git_sha[:12]} ({serving.image}) from {source.env.name} to {dest.env.name}"
+    )
+    release = Release(serving.image, serving.git_sha)
+    deployer_for(dest, runner, release.image).deploy(release, dry=runner.dry, action="promote")

@@ -43,6 +43,14 @@ def build(
     if runner.dry:
         return
     path = images.save_release(cfg.root, built)
+    if built.target == "runtime":
+        from conveyor import supply
+
+        with runner.step("SBOM of the image's virtualenv"):
+            sbom = supply.save_sbom(cfg.root, supply.sbom(runner, built.ref, built.image_id), built.image_id)[
+                0
+            ]
+        print(f"sbom     {sbom.relative_to(cfg.root)}")
     print(f"built    {', '.join(built.refs)}")
     print(f"id       {built.image_id}")
     print(f"size     {built.size / 1_000_000:.1f} MB (budget {cfg.image.max_size_mb} MB)")
