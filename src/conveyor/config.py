@@ -184,7 +184,7 @@ def load(
 
     project_file = root / "invoke.yaml"
     if project_file.exists():
-        data, lines = _read_yaml(project_file, allow_empty=True)
+        data, lines = read_yaml(project_file, allow_empty=True)
         conveyor = data.get("conveyor") if isinstance(data, dict) else None
         if conveyor is not None:
             if not isinstance(conveyor, dict):
@@ -196,7 +196,7 @@ def load(
     if not env_file.is_file():
         known = ", ".join(list_environments(root)) or "none"
         raise ConfigError(f"unknown environment `{name}`; known: {known} ({ENV_DIR}/<name>.yaml)")
-    data, lines = _read_yaml(env_file, allow_empty=False)
+    data, lines = read_yaml(env_file, allow_empty=False)
     if not isinstance(data, dict):
         raise ConfigError(f"{_rel(env_file, root)}: expected a mapping of keys at the top level")
     _merge(layers, data, _rel(env_file, root), lines)
@@ -221,7 +221,7 @@ def load(
     return _build(root, name, layers, dotenv)
 
 
-def _read_yaml(path: Path, *, allow_empty: bool) -> tuple[Any, dict[str, int]]:
+def read_yaml(path: Path, *, allow_empty: bool) -> tuple[Any, dict[str, int]]:
     """Parse YAML keeping the line of every key (dotted path -> line)."""
     try:
         text = path.read_text(encoding="utf-8")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +20,7 @@ from conveyor.config import ENV_DIR, Config
 from conveyor.docker_engine import DockerEngine
 from conveyor.errors import CommandFailed, ConveyorError
 from conveyor.git import Revision
+from conveyor.http import get_json
 from conveyor.runner import Runner
 
 LOCAL_BASE = "conveyor-local/python:3.11-bookworm"
@@ -313,10 +312,10 @@ def smoke(
         with runner.step(f"waiting for {ref} to report healthy (up to {timeout:.0f}s)"):
             port = _wait_healthy(engine, container, timeout)
         base = f"http://127.0.0.1:{port}"
-        health = _get_json(base + "/health")
+        health = get_json(base + "/health")
         if health.get("status") != "ok":
             raise ConveyorError(f"smoke {ref}: /health answered {health}")
-        version = _get_json(base + "/version")
+        version = get_json(base + "/version")
         if version.get("git_sha") != expect_sha:
             raise ConveyorError(
                 f"smoke {ref}: /version reports {version.get('git_sha')}, expected {expect_sha}"
@@ -345,16 +344,6 @@ def _wait_healthy(engine: DockerEngine, container: str, timeout: float) -> int:
         if time.monotonic() > deadline:
             raise ConveyorError(f"not healthy after {timeout:.0f}s (health: {status})")
         time.sleep(0.5)
-
-
-def _get_json(url: str) -> dict[str, object]:
-    try:
-        # Our own container on loopback.
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310  # nosec B310
-            data: dict[str, object] = json.loads(response.read())
-            return data
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ConveyorError(f"GET {url}: {exc}") from None
 
 
 # --- push --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from conveyor.config import read_yaml
 from conveyor.errors import ConfigError
 
 PIPELINE_FILE = Path("ci/pipeline.yaml")
@@ -56,13 +57,7 @@ class Pipeline:
 def load(path: Path, task_names: Iterable[str]) -> Pipeline:
     """Parse and validate: unknown keys, duplicate names, unknown needs, unknown tasks, cycles."""
     where = str(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{where}{f':{mark.line + 1}' if mark else ''}: malformed YAML") from None
+    data, _ = read_yaml(path, allow_empty=True)
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
         raise ConfigError(f"{where}: expected `stages:` with a list of stages")
     return validate(

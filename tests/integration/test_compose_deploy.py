@@ -42,6 +42,16 @@ def commit(project: Project, message: str) -> str:
     ).stdout.strip()
 
 
+READY, NEVER_READY = "status_code=503 if failed else 200)", "status_code=503)"
+
+
+def set_readiness(project: Project, *, broken: bool) -> None:
+    """Make the app's /ready always 503 (a release that never becomes healthy), or undo that."""
+    main = project.root / "app/main.py"
+    old, new = (READY, NEVER_READY) if broken else (NEVER_READY, READY)
+    main.write_text(main.read_text().replace(old, new, 1))
+
+
 def containers(project_name: str) -> list[str]:
     out = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project_name}"],
@@ -127,8 +137,7 @@ def test_second_build_changes_version(env: Env) -> None:
 
 def test_failing_release_is_rolled_back_and_journaled(env: Env) -> None:
     good = get(f"{env.url}/version")["git_sha"]
-    main = env.project.root / "app/main.py"
-    main.write_text(main.read_text().replace("status_code=503 if failed else 200", "status_code=503"))
+    set_readiness(env.project, broken=True)
     bad = commit(env.project, "broken readiness")
     start = time.monotonic()
     result = env.project.invoke("build", "deploy")
@@ -150,8 +159,7 @@ def test_failing_release_is_rolled_back_and_journaled(env: Env) -> None:
 
 
 def test_two_concurrent_deploys_exactly_one_proceeds(env: Env) -> None:
-    main = env.project.root / "app/main.py"
-    main.write_text(main.read_text().replace("status_code=503)", "status_code=503 if failed else 200)", 1))
+    set_readiness(env.project, broken=False)
     commit(env.project, "fixed readiness")
     assert env.project.invoke("build").returncode == 0
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
@@ -180,8 +188,7 @@ def test_two_concurrent_deploys_exactly_one_proceeds(env: Env) -> None:
 
 def test_sigint_during_wait_releases_lock_and_leaves_a_revision_serving(env: Env) -> None:
     good = get(f"{env.url}/version")["git_sha"]
-    main = env.project.root / "app/main.py"
-    main.write_text(main.read_text().replace("status_code=503 if failed else 200", "status_code=503"))
+    set_readiness(env.project, broken=True)
     commit(env.project, "never ready")
     assert env.project.invoke("build").returncode == 0
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
@@ -205,7 +212,7 @@ def test_sigint_during_wait_releases_lock_and_leaves_a_revision_serving(env: Env
     assert "failed at wait (interrupted)" in err
     assert not (env.project.root / ".conveyor/locks/local.lock").exists()
     assert get(f"{env.url}/version")["git_sha"] == good
-    main.write_text(main.read_text().replace("status_code=503)", "status_code=503 if failed else 200)", 1))
+    set_readiness(env.project, broken=False)
     commit(env.project, "ready again")  # later tests mount this source (dev stack) and `up` the last build
     assert env.project.invoke("build").returncode == 0
 

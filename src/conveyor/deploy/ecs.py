@@ -14,17 +14,15 @@ import difflib
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from conveyor import __version__
 from conveyor.aws import AwsError, error_code, translate
-from conveyor.config import Config
-from conveyor.deploy.model import Change, Lock, LockHeld, Owner, Plan, Release, Revision, RolloutFailed
-from conveyor.errors import ConfigError, ConveyorError
+from conveyor.config import Config, read_yaml
+from conveyor.deploy.locks import StoredLock
+from conveyor.deploy.model import Change, Lock, Owner, Plan, Release, Revision, RolloutFailed
+from conveyor.errors import ConfigError
 from conveyor.runner import Runner
 from conveyor.secrets import SecretRef
 
@@ -145,7 +143,7 @@ class EcsApi:
                 raise
 
 
-class SsmLock:
+class SsmLock(StoredLock):
     """The environment's deploy lock as an SSM parameter holding owner, git sha and start time."""
 
     def __init__(self, api: EcsApi, env: str) -> None:
@@ -153,36 +151,13 @@ class SsmLock:
         self.env = env
         self.name = f"/conveyor/locks/{env}"
 
-    def holder(self) -> Owner | None:
-        value = self.api.get_parameter(self.name)
-        if value is None:
-            return None
-        try:
-            return Owner(**json.loads(value))
-        except (ValueError, TypeError):
-            return Owner("unknown", "unknown", 0, "unknown", 0.0)
+    def _create(self, owner_json: str, owner: Owner, ttl: int) -> bool:
+        return self.api.put_parameter(self.name, owner_json)
 
-    def acquire(self, owner: Owner, ttl: int) -> None:
-        if self.api.put_parameter(self.name, json.dumps(asdict(owner))):
-            return
-        held = self.holder()
-        if held is not None and time.time() - held.since > ttl:
-            raise LockHeld(
-                f"{self.env} is locked by {held.describe()}, stale (older than {ttl}s): "
-                f"`invoke lock.release --env {self.env} --force` breaks it"
-            )
-        raise LockHeld(
-            f"{self.env} is being deployed by {held.describe() if held else 'someone (just released?)'}"
-        )
+    def _read(self) -> str | None:
+        return self.api.get_parameter(self.name)
 
-    def release(self, owner: Owner | None, *, force: bool = False) -> None:
-        held = self.holder()
-        if held is None:
-            if force:
-                raise ConveyorError(f"{self.env} is not locked")
-            return
-        if not force and owner is not None and (held.pid, held.host) != (owner.pid, owner.host):
-            return
+    def _delete(self) -> None:
         self.api.delete_parameter(self.name)
 
 
@@ -211,13 +186,7 @@ def _check_keys(data: Mapping[str, Any], known: set[str], where: str) -> None:
 
 def load_template(path: Path) -> dict[str, Any]:
     """Parse and check the template against ECS's RegisterTaskDefinition model (no API call)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path.name}{f':{mark.line + 1}' if mark else ''}: malformed YAML") from None
+    data, _ = read_yaml(path, allow_empty=True)
     if not isinstance(data, dict) or not data.get("containerDefinitions"):
         raise ConfigError(f"{path}: expected a task definition with containerDefinitions")
     _check_keys(data, _members("RegisterTaskDefinition"), str(path))

@@ -16,7 +16,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +23,8 @@ from typing import Any, Protocol
 import yaml
 
 from conveyor.config import Config
-from conveyor.deploy.model import Change, Lock, LockHeld, Owner, Plan, Release, Revision, RolloutFailed
+from conveyor.deploy.locks import StoredLock
+from conveyor.deploy.model import Change, Lock, Owner, Plan, Release, Revision, RolloutFailed
 from conveyor.errors import CommandFailed, ConfigError, ConveyorError
 from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
@@ -38,6 +38,7 @@ KINDS = {
 ANN_SHA, ANN_DIGEST, ANN_DEPLOYER = "conveyor.dev/git-sha", "conveyor.dev/image", "conveyor.dev/deployer"
 REVISION = "deployment.kubernetes.io/revision"
 LEASE = "conveyor-deploy-lock"
+OWNER = "conveyor.dev/owner"
 MIGRATE = ["python", "-m", "app", "migrate"]
 
 
@@ -151,7 +152,7 @@ class KubeCtl:
         return list(json.loads(out).get("items", []))
 
 
-class LeaseLock:
+class LeaseLock(StoredLock):
     """The deploy lock as a Lease: `kubectl create` fails if it exists, so taking it is atomic."""
 
     def __init__(self, kube: KubeApi, namespace: str, env: str) -> None:
@@ -159,52 +160,27 @@ class LeaseLock:
         self.namespace = namespace
         self.env = env
 
-    def holder(self) -> Owner | None:
-        lease = self.kube.get("lease", LEASE)
-        if lease is None:
-            return None
-        try:
-            return Owner(**json.loads(lease["metadata"]["annotations"]["conveyor.dev/owner"]))
-        except (KeyError, ValueError, TypeError):
-            return Owner(
-                str(lease.get("spec", {}).get("holderIdentity", "unknown")), "unknown", 0, "unknown", 0.0
-            )
-
-    def acquire(self, owner: Owner, ttl: int) -> None:
+    def _create(self, owner_json: str, owner: Owner, ttl: int) -> bool:
         self.kube.current_context()  # no cluster configured: one clear line before any call
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         lease = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {
-                "name": LEASE,
-                "namespace": self.namespace,
-                "annotations": {"conveyor.dev/owner": json.dumps(asdict(owner))},
-            },
+            "metadata": {"name": LEASE, "namespace": self.namespace, "annotations": {OWNER: owner_json}},
             "spec": {
                 "holderIdentity": f"{owner.who}@{owner.host}",
                 "leaseDurationSeconds": ttl,
-                "acquireTime": now,
+                "acquireTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             },
         }
-        if self.kube.create(json.dumps(lease)):
-            return
-        held = self.holder()
-        if held is not None and time.time() - held.since > ttl:
-            raise LockHeld(
-                f"{self.env} is locked by {held.describe()}, stale (older than {ttl}s): "
-                f"`invoke lock.release --env {self.env} --force` breaks it"
-            )
-        raise LockHeld(f"{self.env} is being deployed by {held.describe() if held else 'someone'}")
+        return self.kube.create(json.dumps(lease))
 
-    def release(self, owner: Owner | None, *, force: bool = False) -> None:
-        held = self.holder()
-        if held is None:
-            if force:
-                raise ConveyorError(f"{self.env} is not locked")
-            return
-        if not force and owner is not None and (held.pid, held.host) != (owner.pid, owner.host):
-            return
+    def _read(self) -> str | None:
+        lease = self.kube.get("lease", LEASE)
+        if lease is None:
+            return None
+        return str(lease.get("metadata", {}).get("annotations", {}).get(OWNER, ""))
+
+    def _delete(self) -> None:
         self.kube.delete("lease", LEASE)
 
 

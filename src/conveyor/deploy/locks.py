@@ -1,4 +1,8 @@
-"""An exclusive lock file per environment (compose target): created atomically, stale after a TTL."""
+"""Deploy locks: one acquire/release policy over three stores (a file, an SSM parameter, a Lease).
+
+A store only has to create atomically (refusing when the lock exists), read and delete. The policy -
+who holds it, when it is stale, that a release never removes a lock someone else took since - is here.
+"""
 
 from __future__ import annotations
 
@@ -14,39 +18,43 @@ from conveyor.errors import ConveyorError
 LOCK_DIR = Path(".conveyor/locks")
 
 
-class FileLock:
-    def __init__(self, root: Path, env: str) -> None:
-        self.env = env
-        self.path = root / LOCK_DIR / f"{env}.lock"
+class StoredLock:
+    """Subclasses implement _create (atomic; False when it exists), _read (owner JSON or None), _delete."""
+
+    env: str
+
+    def _create(self, owner_json: str, owner: Owner, ttl: int) -> bool:
+        raise NotImplementedError
+
+    def _read(self) -> str | None:
+        raise NotImplementedError
+
+    def _delete(self) -> None:
+        raise NotImplementedError
 
     def holder(self) -> Owner | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        raw = self._read()
+        if raw is None:
             return None
-        except (OSError, ValueError):
-            return Owner("unknown", "unknown", 0, "unknown", self.path.stat().st_mtime)
-        return Owner(**data)
+        try:
+            return Owner(**json.loads(raw))
+        except (ValueError, TypeError):
+            return Owner("unknown", "unknown", 0, "unknown", 0.0)
 
     def acquire(self, owner: Owner, ttl: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                held = self.holder()
-                if held is not None and time.time() - held.since > ttl:
-                    raise LockHeld(
-                        f"{self.env} is locked by {held.describe()}, stale (older than {ttl}s): "
-                        f"`invoke lock.release --env {self.env} --force` breaks it"
-                    ) from None
-                if held is None:
-                    continue  # released between our attempt and the read: try once more
-                raise LockHeld(f"{self.env} is being deployed by {held.describe()}") from None
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(asdict(owner), handle)
-            return
-        raise LockHeld(f"{self.env}: could not take the lock {self.path}")
+            if self._create(json.dumps(asdict(owner)), owner, ttl):
+                return
+            held = self.holder()
+            if held is None:
+                continue  # released between our attempt and the read: try once more
+            if time.time() - held.since > ttl:
+                raise LockHeld(
+                    f"{self.env} is locked by {held.describe()}, stale (older than {ttl}s): "
+                    f"`invoke lock.release --env {self.env} --force` breaks it"
+                )
+            raise LockHeld(f"{self.env} is being deployed by {held.describe()}")
+        raise LockHeld(f"{self.env}: the lock changed hands twice while taking it; try again")
 
     def release(self, owner: Owner | None, *, force: bool = False) -> None:
         held = self.holder()
@@ -56,4 +64,31 @@ class FileLock:
             return
         if not force and owner is not None and (held.pid, held.host) != (owner.pid, owner.host):
             return  # not ours (someone forced it and deployed since): leave it alone
+        self._delete()
+
+
+class FileLock(StoredLock):
+    """Compose target: an exclusive lock file per environment (O_CREAT|O_EXCL is atomic)."""
+
+    def __init__(self, root: Path, env: str) -> None:
+        self.env = env
+        self.path = root / LOCK_DIR / f"{env}.lock"
+
+    def _create(self, owner_json: str, owner: Owner, ttl: int) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(owner_json)
+        return True
+
+    def _read(self) -> str | None:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def _delete(self) -> None:
         self.path.unlink(missing_ok=True)

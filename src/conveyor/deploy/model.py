@@ -9,17 +9,15 @@ on failure after apply: roll back to the previous revision -> verify it -> recor
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from conveyor.errors import ConveyorError
+from conveyor.http import get_json
 from conveyor.runner import Runner
 
 
@@ -145,14 +143,11 @@ Probe = Callable[[str], dict[str, object]]
 
 
 def http_probe(url: str) -> dict[str, object]:
-    """GET ``url`` and parse JSON; any failure is a RolloutFailed naming the URL."""
+    """GET ``url`` as JSON; any failure is a RolloutFailed naming the URL."""
     try:
-        # The environment's own URL.
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310  # nosec B310
-            data: dict[str, object] = json.loads(response.read())
-            return data
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise RolloutFailed(f"GET {url}: {getattr(exc, 'reason', exc)}") from None
+        return get_json(url)
+    except ConveyorError as exc:
+        raise RolloutFailed(str(exc)) from None
 
 
 @dataclass
