@@ -32,16 +32,30 @@ class Project:
         path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
         return path
 
-    def invoke(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        return {**clean, **(extra or {})}
+
+    def invoke(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "invoke", *args],
             cwd=self.root,
-            env={**clean, **(env or {})},
+            env=self._env(env),
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
+        )
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        """`invoke ARGS` in the background, stdout and stderr piped (concurrency and signal tests)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=self.root,
+            env=self._env(None),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
 

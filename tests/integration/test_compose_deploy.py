@@ -7,12 +7,10 @@ each deploy builds on the state the previous test left, as successive deploys do
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -162,18 +160,7 @@ def test_two_concurrent_deploys_exactly_one_proceeds(env: Env) -> None:
     set_readiness(env.project, broken=False)
     commit(env.project, "fixed readiness")
     assert env.project.invoke("build").returncode == 0
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "invoke", "deploy"],
-            cwd=env.project.root,
-            env=clean,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    procs = [env.project.spawn("deploy") for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
     for p in procs:
         for stream in (p.stdout, p.stderr):
@@ -191,15 +178,7 @@ def test_sigint_during_wait_releases_lock_and_leaves_a_revision_serving(env: Env
     set_readiness(env.project, broken=True)
     commit(env.project, "never ready")
     assert env.project.invoke("build").returncode == 0
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "deploy"],
-        cwd=env.project.root,
-        env=clean,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = env.project.spawn("deploy")
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:
