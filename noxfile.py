@@ -12,6 +12,8 @@ nox.options.sessions = ["lint", "typecheck", "tests", "integration", "security"]
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)
 PRIMARY = "3.12"
+# Tests needing an engine or heavy tools run once, in `integration`; the matrix runs everything else.
+ENGINE_MARKERS = ("docker", "aws", "k8s", "pipeline", "scanners")
 LINT_PATHS = ["src", "app", "tests", "benchmarks", "tasks.py", "noxfile.py"]
 
 
@@ -44,12 +46,8 @@ def tests(session: nox.Session) -> None:
         "--cov=app",
         f"--cov-report=xml:reports/coverage-{session.python}.xml",
     ]
-    args = session.posargs or [
-        "-m",
-        "not docker and not aws and not k8s and not pipeline",
-        "-p",
-        "no:cacheprovider",
-    ]
+    selection = " and ".join(f"not {marker}" for marker in ENGINE_MARKERS)
+    args = session.posargs or ["-m", selection, "-p", "no:cacheprovider"]
     session.run("pytest", *reports, *args, env={"COVERAGE_FILE": f".coverage.{session.python}"})
 
 
@@ -58,7 +56,7 @@ def integration(session: nox.Session) -> None:
     """Tests against real engines (docker, compose v2, registry) and whole-pipeline runs; primary Python."""
     _install(session)
     session.install("-e", ".[scanners]")
-    args = session.posargs or ["-m", "docker or aws or k8s or pipeline or scanners", "-p", "no:cacheprovider"]
+    args = session.posargs or ["-m", " or ".join(ENGINE_MARKERS), "-p", "no:cacheprovider"]
     session.run("pytest", *args)
 
 
