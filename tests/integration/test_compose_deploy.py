@@ -158,7 +158,8 @@ def test_failing_release_is_rolled_back_and_journaled(env: Env) -> None:
 
 def test_two_concurrent_deploys_exactly_one_proceeds(env: Env) -> None:
     set_readiness(env.project, broken=False)
-    commit(env.project, "fixed readiness")
+    env.project.write("app/release_note.py", f"NOTE = {uuid.uuid4().hex!r}\n")  # a new revision to deploy
+    commit(env.project, "a healthy release")
     assert env.project.invoke("build").returncode == 0
     procs = [env.project.spawn("deploy") for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]

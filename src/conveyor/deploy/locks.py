@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -68,20 +69,24 @@ class StoredLock:
 
 
 class FileLock(StoredLock):
-    """Compose target: an exclusive lock file per environment (O_CREAT|O_EXCL is atomic)."""
+    """Compose target: one lock file per environment, created atomically with its content."""
 
     def __init__(self, root: Path, env: str) -> None:
         self.env = env
         self.path = root / LOCK_DIR / f"{env}.lock"
 
     def _create(self, owner_json: str, owner: Owner, ttl: int) -> bool:
+        # Write a private file, then hard-link it into place: link() fails if the lock exists, and a
+        # reader never sees a lock file that is still empty.
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        draft = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        draft.write_text(owner_json, encoding="utf-8")
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(draft, self.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(owner_json)
+        finally:
+            draft.unlink(missing_ok=True)
         return True
 
     def _read(self) -> str | None:

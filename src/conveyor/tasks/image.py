@@ -42,20 +42,20 @@ def build(
         built = images.build(runner, engine, cfg, rev, options, os.environ)
     if runner.dry:
         return
-    path = images.save_release(cfg.root, built)
-    if built.target == "runtime":
-        from conveyor import supply
-
-        with runner.step("SBOM of the image's virtualenv"):
-            sbom = supply.save_sbom(cfg.root, supply.sbom(runner, built.ref, built.image_id), built.image_id)[
-                0
-            ]
-        print(f"sbom     {sbom.relative_to(cfg.root)}")
     print(f"built    {', '.join(built.refs)}")
     print(f"id       {built.image_id}")
     print(f"size     {built.size / 1_000_000:.1f} MB (budget {cfg.image.max_size_mb} MB)")
     print(f"duration {built.duration:.1f}s")
-    print(f"recorded {path.relative_to(cfg.root)}")
+    if built.target != "runtime":
+        print(f"target {built.target} is not a release: build/release.json is unchanged")
+        return
+    from conveyor import supply
+
+    with runner.step("SBOM of the image's virtualenv"):
+        sbom = supply.sbom(runner, built.ref, built.image_id)
+        path = supply.save_sbom(cfg.root, sbom, built.image_id)[0]
+    print(f"sbom     {path.relative_to(cfg.root)}")
+    print(f"recorded {images.save_release(cfg.root, built).relative_to(cfg.root)}")
 
 
 @task(
