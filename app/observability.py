@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import bisect
+import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -44,24 +49,68 @@ def configure_logging(level: str) -> None:
     )
 
 
+def access_log(method: str, route: str, status: int, seconds: float, request_id: str) -> None:
+    """One JSON line per request, the same shape as the structlog lines, written without its processor
+    chain: this runs on every request (benchmarks/app_throughput.py measures the difference)."""
+    now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    line = json.dumps(
+        {
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+            "request_id": request_id,
+            "event": "request",
+            "level": "info",
+            "timestamp": now,
+        }
+    )
+    sys.stdout.write(line + "\n")
+
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
 class Metrics:
-    """The service's metrics, in their own registry (one per app instance: tests stay independent)."""
+    """Request metrics kept as plain numbers and exposed by a collector at scrape time.
+
+    The event loop is one thread, so the request path needs no locks (prometheus_client's own metric
+    objects take one per value: eleven per histogram observation). One registry per app instance.
+    """
 
     def __init__(self) -> None:
+        self.serving = 0
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.latency: dict[tuple[str, str], list[float]] = {}  # per bucket, +Inf, then sum and count
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "http_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        self.registry.register(self)  # type: ignore[arg-type]  # a collector: it has collect()
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, str(status))
+        self.counts[key] = self.counts.get(key, 0) + 1
+        series = self.latency.get((method, route))
+        if series is None:
+            series = self.latency[(method, route)] = [0.0] * (len(BUCKETS) + 3)
+        series[bisect.bisect_left(BUCKETS, seconds)] += 1  # index len(BUCKETS) is +Inf
+        series[-2] += seconds
+        series[-1] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("http_requests", "HTTP requests", labels=["method", "route", "status"])
+        for labels, value in self.counts.items():
+            requests.add_metric(list(labels), value)
+        yield requests
+        latency = HistogramMetricFamily(
+            "http_request_duration_seconds", "HTTP request latency", labels=["method", "route"]
         )
-        self.latency = Histogram(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            ["method", "route"],
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-        )
-        self.in_flight = Gauge(
-            "http_requests_in_flight", "HTTP requests being served", registry=self.registry
-        )
+        for labels, series in self.latency.items():
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*map(str, BUCKETS), "+Inf"), series[: len(BUCKETS) + 1], strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric(list(labels), buckets, series[-2])
+        yield latency
+        yield GaugeMetricFamily("http_requests_in_flight", "HTTP requests being served", value=self.serving)
 
 
 class ObservabilityMiddleware:
@@ -71,17 +120,15 @@ class ObservabilityMiddleware:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
-        self.log = structlog.get_logger("access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        incoming, length = _headers(scope)
+        request_id = incoming if incoming and REQUEST_ID.match(incoming) else os.urandom(16).hex()
         status = 500
-        length = _header(scope, b"content-length")
         if length and length.isdigit() and int(length) > self.max_body:
             await _too_large(send, request_id, self.max_body)
             self._record(scope, 413, start, request_id)
@@ -112,35 +159,31 @@ class ObservabilityMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        self.metrics.in_flight.inc()
+        self.metrics.serving += 1
         try:
             await self.app(scope, limited_receive, send_with_id)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.serving -= 1
             self._record(scope, status, start, request_id)
 
     def _record(self, scope: Scope, status: int, start: float, request_id: str) -> None:
         duration = time.perf_counter() - start
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope["method"]
-        self.metrics.requests.labels(method, route, str(status)).inc()
-        self.metrics.latency.labels(method, route).observe(duration)
+        self.metrics.observe(method, route, status, duration)
         # The route template, never the raw path or query string: ids and search terms stay out of logs.
-        self.log.info(
-            "request",
-            method=method,
-            route=route,
-            status=status,
-            duration_ms=round(duration * 1000, 2),
-            request_id=request_id,
-        )
+        access_log(method, route, status, duration, request_id)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _headers(scope: Scope) -> tuple[str | None, str | None]:
+    """X-Request-ID and Content-Length, in one pass over the headers."""
+    request_id = length = None
     for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
+        if key == b"x-request-id":
+            request_id = value.decode("latin-1")
+        elif key == b"content-length":
+            length = value.decode("latin-1")
+    return request_id, length
 
 
 async def _too_large(send: Send, request_id: str, limit: int) -> None:

@@ -107,3 +107,20 @@ def test_database_down_is_503_not_500(client: TestClient) -> None:
     response = client.post("/notes", json={"title": "t"})
     assert response.status_code == 503
     assert response.json() == {"error": "postgres unavailable"}
+
+
+def test_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
+    from prometheus_client import generate_latest
+
+    from app.observability import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.005, 0.2, 9.0):  # on a bound, in the middle, past the last bound
+        metrics.observe("GET", "/x", 200, seconds)
+    text = generate_latest(metrics.registry).decode()
+    assert 'http_request_duration_seconds_bucket{le="0.005",method="GET",route="/x"} 1.0' in text
+    assert 'http_request_duration_seconds_bucket{le="0.25",method="GET",route="/x"} 2.0' in text
+    assert 'http_request_duration_seconds_bucket{le="5.0",method="GET",route="/x"} 2.0' in text
+    assert 'http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/x"} 3.0' in text
+    assert 'http_request_duration_seconds_count{method="GET",route="/x"} 3.0' in text
+    assert 'http_requests_total{method="GET",route="/x",status="200"} 3.0' in text
