@@ -1,19 +1,28 @@
-"""docker compose v2 as argv lists: one Stack per environment (project name + files + variables)."""
+"""docker compose v2 as argv lists: one Stack per environment (project name + files + variables).
+
+The compose contract: every process of the app contract is a compose service of the same name. conveyor
+adds one generated file, on stdin (``--file -``), that gives each process service the release image, the
+process command, the environment's vars and secrets, conveyor's labels and, for a process with a
+``healthcheck`` command, that healthcheck. Everything else (networks, volumes, dependencies, the other
+services) is the project's own compose files.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from conveyor.config import Config
+from conveyor.config import AppContract, Config
 from conveyor.errors import CommandFailed, ConfigError, ConveyorError
 from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
+
+LABEL_SHA, LABEL_IMAGE, LABEL_PROCESS = "dev.conveyor.git-sha", "dev.conveyor.image", "dev.conveyor.process"
 
 
 @dataclass(frozen=True)
@@ -21,16 +30,49 @@ class Stack:
     project: str
     files: tuple[Path, ...]
     variables: Mapping[str, str]
+    override: str = ""  # generated compose YAML, passed on stdin as the last file
+    app_env: Mapping[str, str] = field(default_factory=dict)  # vars + secrets: what the override carries
 
     def argv(self, *args: str) -> list[str]:
         argv = ["docker", "compose", "--project-name", self.project]
         for path in self.files:
             argv += ["--file", str(path)]
+        if self.override:
+            argv += ["--file", "-"]
         return [*argv, *args]
 
+    def project_files(self) -> Stack:
+        """The project's own files only (what `validate` checks the contract against)."""
+        return replace(self, override="")
 
-def stack_for(cfg: Config, resolver: SecretResolver, app_image: str) -> Stack:
-    """The environment's stack: its files; variables = .env/environment + vars + secrets + APP_IMAGE."""
+
+def process_override(contract: AppContract, image: str, git_sha: str, environment: Mapping[str, str]) -> str:
+    """The generated compose file: image, command, environment, labels (and healthcheck) per process."""
+    services: dict[str, Any] = {}
+    escaped = {k: v.replace("$", "$$") for k, v in environment.items()}  # values are not interpolated
+    for proc in contract.processes:
+        service: dict[str, Any] = {
+            "image": image.replace("$", "$$"),
+            "environment": dict(sorted(escaped.items())),
+            "labels": {LABEL_SHA: git_sha, LABEL_IMAGE: image, LABEL_PROCESS: proc.name},
+        }
+        if proc.command:
+            service["command"] = [arg.replace("$", "$$") for arg in proc.command]
+        if proc.healthcheck:
+            service["healthcheck"] = {
+                "test": ["CMD", *(arg.replace("$", "$$") for arg in proc.healthcheck)],
+                "interval": "5s",
+                "timeout": "5s",
+                "retries": 3,
+                "start_period": "10s",
+            }
+        services[proc.name] = service
+    return yaml.safe_dump({"services": services}, sort_keys=False)
+
+
+def stack_for(cfg: Config, resolver: SecretResolver, app_image: str, git_sha: str = "") -> Stack:
+    """The environment's stack: its files, the generated process file, and the interpolation variables
+    (.env/environment + vars + secrets + APP_IMAGE)."""
     if cfg.env.target != "compose":
         raise ConfigError(f"environment {cfg.env.name} has target {cfg.env.target}, not compose")
     files = tuple(cfg.root / f for f in cfg.env.compose.files)
@@ -38,17 +80,25 @@ def stack_for(cfg: Config, resolver: SecretResolver, app_image: str) -> Stack:
         if not path.is_file():
             raise ConfigError(f"compose.files: {path.relative_to(cfg.root)} does not exist")
     variables: dict[str, str] = {k: v for k, v in cfg.dotenv.items() if not k.startswith("CONVEYOR_")}
-    variables.update(cfg.env.vars)
+    app_env = dict(cfg.env.vars)
     for name, ref in cfg.env.secrets.items():
-        variables[name] = resolver.resolve(ref)
+        app_env[name] = resolver.resolve(ref)
+    variables.update(app_env)
     variables["APP_IMAGE"] = app_image
     variables["COMPOSE_PROJECT_NAME"] = cfg.env.compose.project
-    return Stack(cfg.env.compose.project, files, variables)
+    override = process_override(cfg.app, app_image, git_sha, app_env)
+    return Stack(cfg.env.compose.project, files, variables, override, app_env)
 
 
 def run(runner: Runner, stack: Stack, *args: str, capture: bool = False, mutates: bool = True) -> str:
     try:
-        result = runner.run(stack.argv(*args), env=dict(stack.variables), capture=capture, mutates=mutates)
+        result = runner.run(
+            stack.argv(*args),
+            env=dict(stack.variables),
+            capture=capture,
+            mutates=mutates,
+            input=stack.override or None,
+        )
     except CommandFailed as exc:
         raise ConveyorError(
             f"docker compose {args[0]} failed: {exc.tail or f'exit code {exc.returncode}'}"
@@ -56,12 +106,21 @@ def run(runner: Runner, stack: Stack, *args: str, capture: bool = False, mutates
     return result.stdout
 
 
-def validate(runner: Runner, stack: Stack) -> list[str]:
-    """Check each file's YAML (to name file:line), then `docker compose config` (compose's own message)."""
+def validate(runner: Runner, stack: Stack, processes: list[str] | None = None) -> list[str]:
+    """Check each file's YAML (to name file:line), then `docker compose config` (compose's own message),
+    then that every process of the app contract is a service. Returns the project's services."""
     for path in stack.files:
         check_yaml(path)
-    out = run(runner, stack, "config", "--services", capture=True, mutates=False)
-    return [line for line in out.splitlines() if line.strip()]
+    out = run(runner, stack.project_files(), "config", "--services", capture=True, mutates=False)
+    services = [line for line in out.splitlines() if line.strip()]
+    missing = [name for name in processes or [] if name not in services]
+    if missing:
+        files = ", ".join(str(p.name) for p in stack.files)
+        raise ConfigError(
+            f"compose.files ({files}): process `{missing[0]}` has no service of that name "
+            f"(services: {', '.join(services) or 'none'}); every process is a compose service"
+        )
+    return services
 
 
 def check_yaml(path: Path) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 import io
 import re
-from collections.abc import Mapping
+import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -33,7 +34,7 @@ RESERVED_VARS = {"CONVEYOR_ENV"}  # selects the environment; not a config key
 class Key:
     """One config key: its type, default and a line of help (shown by env.show)."""
 
-    kind: str  # str | url | int | severity | list | map | secrets | target
+    kind: str  # str | url | int | severity | list | map | secrets | target | argv | processes | path
     default: Any = None
     help: str = ""
 
@@ -51,7 +52,24 @@ SCHEMA: dict[str, Key] = {
     "image.context": Key("str", ".", "build context, from the project root"),
     "image.base_image": Key("str", "python:3.12-slim", "BASE_IMAGE build arg"),
     "image.max_size_mb": Key("int", 500, "the build fails when the runtime image is bigger"),
-    "image.target": Key("str", "runtime", "default Dockerfile stage to build"),
+    "image.target": Key("str", "runtime", "the Dockerfile stage a release is built from"),
+    "image.build_args": Key("map", {}, "extra build args (the kit sets BASE_IMAGE, GIT_SHA, VERSION, ...)"),
+    "image.python": Key("str", "python", "interpreter in the image whose packages the SBOM lists"),
+    "image.smoke_env": Key("map", {}, "variables for `image.smoke`, which runs the image alone"),
+    # The app contract: what runs, what runs once per deploy, how a revision proves itself.
+    "processes": Key(
+        "processes",
+        {"web": {"port": 8000}},
+        "NAME: {command, port, health, version, version_field, healthcheck}; the one with `port` serves HTTP",
+    ),
+    "release.command": Key("argv", (), "run once per deploy in the new image before apply; empty: none"),
+    "security.paths": Key("list", (), "what bandit scans (default: the packages pyproject declares)"),
+    "security.lock_files": Key("list", (), "requirements files pip-audit audits"),
+    "ci.install": Key("str", "python -m pip install -e '.[dev]'", "install step of every generated CI job"),
+    "ci.default_branch": Key("str", "", "branch deploys run from (default: git's default branch, else main)"),
+    "ci.python": Key("str", "3.12", "Python of the generated CI jobs that are not a matrix"),
+    "ci.gitlab_image": Key("str", "", "image of the GitLab jobs (default: python:<ci.python>)"),
+    "ci.docker_service": Key("str", "docker:dind", "GitLab service that gives build jobs a Docker engine"),
     "security.max_severity": Key("severity", "medium", "promotion refuses findings above this severity"),
     "deploy.timeout": Key("int", 300, "seconds to wait for a new revision to win"),
     "deploy.lock_ttl": Key("int", 1800, "seconds after which a deploy lock counts as stale"),
@@ -63,9 +81,15 @@ SCHEMA: dict[str, Key] = {
     "ecs.region": Key("str", "", "AWS region"),
     "ecs.profile": Key("str", "", "AWS profile (empty: default credential chain)"),
     "ecs.endpoint_url": Key("str", "", "AWS endpoint override (moto, LocalStack)"),
+    "ecs.task_definition": Key("path", "deploy/ecs/taskdef.yaml", "task definition template"),
+    "ecs.container": Key("str", "", "the app's container in the template (default: the first)"),
+    "ecs.services": Key(
+        "map", {}, "process: ECS service (default: ecs.service for HTTP, <ecs.service>-<process> others)"
+    ),
     "k8s.overlay": Key("str", "", "kustomize overlay directory"),
     "k8s.namespace": Key("str", "", "namespace the overlay deploys to"),
     "k8s.context": Key("str", "", "kubectl context (empty: current context)"),
+    "k8s.image": Key("str", "", "image name the manifests use as a placeholder (default: image.name)"),
 }
 REQUIRED_BY_TARGET = {
     "compose": ("compose.files",),
@@ -91,6 +115,46 @@ class ImageSpec:
     base_image: str
     max_size_mb: int
     target: str
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    python: str = "python"
+    smoke_env: Mapping[str, str] = field(default_factory=dict)
+
+
+PROCESS_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+PROCESS_KEYS = ("command", "port", "health", "version", "version_field", "healthcheck")
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process type (Procfile line): a command in the release image; ``port`` makes it the HTTP one."""
+
+    name: str
+    command: tuple[str, ...] = ()  # empty: the image's CMD
+    port: int | None = None
+    health: str = "/health"
+    version: str = "/version"  # "" (YAML `none`): no version route, the orchestrator's image is proof
+    version_field: str = "git_sha"
+    healthcheck: tuple[str, ...] = ()  # non-HTTP processes: a command run in the container
+
+    @property
+    def http(self) -> bool:
+        return self.port is not None
+
+
+@dataclass(frozen=True)
+class AppContract:
+    """What the kit needs to know about the app, from configuration (README: "The app contract")."""
+
+    processes: tuple[Process, ...]
+    release: tuple[str, ...] = ()
+
+    @property
+    def web(self) -> Process | None:
+        """The process that serves HTTP (at most one), if any."""
+        return next((p for p in self.processes if p.http), None)
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.processes]
 
 
 @dataclass(frozen=True)
@@ -106,6 +170,9 @@ class EcsTarget:
     region: str
     profile: str
     endpoint_url: str
+    task_definition: str = "deploy/ecs/taskdef.yaml"
+    container: str = ""
+    services: Mapping[str, str] = field(default_factory=dict)  # process -> ECS service name
 
 
 @dataclass(frozen=True)
@@ -113,6 +180,7 @@ class K8sTarget:
     overlay: str
     namespace: str
     context: str
+    image: str = ""  # the placeholder image name in the manifests
 
 
 @dataclass(frozen=True)
@@ -137,6 +205,21 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class SecuritySpec:
+    paths: tuple[str, ...]
+    lock_files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CiSpec:
+    install: str
+    default_branch: str
+    python: str
+    gitlab_image: str
+    docker_service: str
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration of one project for one environment."""
 
@@ -144,6 +227,9 @@ class Config:
     project: str
     image: ImageSpec
     env: Environment
+    app: AppContract
+    security: SecuritySpec
+    ci: CiSpec
     values: Mapping[str, Value] = field(repr=False)
     dotenv: Mapping[str, str] = field(repr=False)  # .env files then the process environment, for env: refs
 
@@ -263,7 +349,11 @@ def _merge(
             line_key = f"{prefix}.{key}" if prefix else key
             where = f"{source}:{lines.get(line_key, '?')}"
             if key in SCHEMA:
-                layers[key] = Value(_coerce(key, val, where), where)
+
+                def at(sub: str, _key: str = line_key) -> str:
+                    return f"{source}:{lines.get(f'{_key}.{sub}', lines.get(_key, '?'))}"
+
+                layers[key] = Value(_coerce(key, val, where, at), where)
             elif str(raw_key) in _SECTIONS and not path and isinstance(val, dict):
                 walk(val, f"{key}.")
             else:
@@ -282,6 +372,8 @@ def _merge_vars(layers: dict[str, Value], variables: Mapping[str, str], source: 
         if key not in SCHEMA:
             expected = f"CONVEYOR_{key.upper().replace('.', '__')}"
             raise ConfigError(f"{where}: unknown setting `{key}`{_suggest(key)} (variable form: {expected})")
+        if SCHEMA[key].kind == "processes":
+            raise ConfigError(f"{where}: `{key}` is a mapping: set it in invoke.yaml or the environment file")
         layers[key] = Value(_coerce(key, val, where), where)
 
 
@@ -290,8 +382,17 @@ def _suggest(key: str) -> str:
     return f"; did you mean `{close[0]}`?" if close else f"; known keys: {', '.join(sorted(SCHEMA))}"
 
 
-def _coerce(key: str, val: Any, where: str) -> Any:
+def _coerce(key: str, val: Any, where: str, at: Callable[[str], str] | None = None) -> Any:
+    """Check ``val`` against the key's kind; ``at(sub)`` names the file:line of a nested key."""
     kind = SCHEMA[key].kind
+    if kind == "processes":
+        return _processes(val, where, at or (lambda _sub: where))
+    if kind == "argv":
+        return _argv(key, val, where)
+    if kind == "path":
+        if not isinstance(val, str) or not val or val.startswith("/") or ".." in Path(val).parts:
+            raise ConfigError(f"{where}: `{key}` must be a path inside the project, got {val!r}")
+        return val
     if kind == "str":
         if isinstance(val, (str, int, float)) and not isinstance(val, bool):
             return str(val)
@@ -329,6 +430,80 @@ def _coerce(key: str, val: Any, where: str) -> Any:
         if isinstance(v, (dict, list)) or v is None:
             raise ConfigError(f"{where}: `{key}.{k}` must be a scalar, got {_typename(v)}")
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in val.items()}
+
+
+def _argv(key: str, val: Any, where: str) -> tuple[str, ...]:
+    """A command as an argv list; a string is split like a shell would (no shell ever runs it)."""
+    if val is None or val == "none":
+        return ()
+    if isinstance(val, str):
+        try:
+            return tuple(shlex.split(val))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: `{key}`: cannot split {val!r}: {exc}") from None
+    if isinstance(val, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in val):
+        return tuple(str(x) for x in val)
+    raise ConfigError(f"{where}: `{key}` must be a command (a list of strings), got {_typename(val)}")
+
+
+def _route(name: str, key: str, val: Any, where: str) -> str:
+    if val is None or val == "none":
+        return ""
+    if not isinstance(val, str) or not val.startswith("/"):
+        raise ConfigError(
+            f"{where}: `processes.{name}.{key}` must be a path like /{key} or none, got {val!r}"
+        )
+    return val
+
+
+def _processes(val: Any, where: str, at: Callable[[str], str]) -> tuple[Process, ...]:
+    """``processes:`` -> Process tuples; at most one serves HTTP (has a ``port``)."""
+    if not isinstance(val, dict) or not val:
+        raise ConfigError(
+            f"{where}: `processes` must map process names to their settings, got {_typename(val)}"
+        )
+    out: list[Process] = []
+    for name, spec in val.items():
+        here = at(str(name))
+        if not isinstance(name, str) or not PROCESS_NAME.match(name):
+            raise ConfigError(
+                f"{here}: process name {name!r}: lowercase letters, digits and '-', starting with a letter"
+            )
+        spec = {} if spec is None else spec
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{here}: `processes.{name}` must be a mapping, got {_typename(spec)}")
+        for sub in spec:
+            if sub not in PROCESS_KEYS:
+                close = difflib.get_close_matches(str(sub), PROCESS_KEYS, n=1, cutoff=0.6)
+                hint = f"; did you mean `{close[0]}`?" if close else f"; known: {', '.join(PROCESS_KEYS)}"
+                raise ConfigError(f"{at(f'{name}.{sub}')}: unknown key `processes.{name}.{sub}`{hint}")
+        port = spec.get("port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            raise ConfigError(
+                f"{at(f'{name}.port')}: `processes.{name}.port` must be a TCP port, got {port!r}"
+            )
+        if port is None and any(k in spec for k in ("health", "version", "version_field")):
+            raise ConfigError(f"{here}: `processes.{name}` has HTTP routes but no `port`")
+        field_name = spec.get("version_field", "git_sha")
+        if not isinstance(field_name, str) or not field_name:
+            raise ConfigError(f"{at(f'{name}.version_field')}: `version_field` must be a JSON key name")
+        out.append(
+            Process(
+                name=name,
+                command=_argv(f"processes.{name}.command", spec.get("command"), at(f"{name}.command")),
+                port=port,
+                health=_route(name, "health", spec.get("health", "/health"), at(f"{name}.health")),
+                version=_route(name, "version", spec.get("version", "/version"), at(f"{name}.version")),
+                version_field=field_name,
+                healthcheck=_argv(
+                    f"processes.{name}.healthcheck", spec.get("healthcheck"), at(f"{name}.healthcheck")
+                ),
+            )
+        )
+    http = [p.name for p in out if p.http]
+    if len(http) > 1:
+        raise ConfigError(f"{where}: only one process can serve HTTP (have a `port`); got {', '.join(http)}")
+    return tuple(out)
 
 
 def _typename(val: Any) -> str:
@@ -374,8 +549,16 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
             get("ecs.region"),
             get("ecs.profile"),
             get("ecs.endpoint_url"),
+            get("ecs.task_definition"),
+            get("ecs.container"),
+            MappingProxyType(dict(get("ecs.services"))),
         ),
-        k8s=K8sTarget(get("k8s.overlay"), get("k8s.namespace"), get("k8s.context")),
+        k8s=K8sTarget(
+            get("k8s.overlay"),
+            get("k8s.namespace"),
+            get("k8s.context"),
+            get("k8s.image") or get("image.name"),
+        ),
     )
     image = ImageSpec(
         name=get("image.name"),
@@ -384,8 +567,41 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
         base_image=get("image.base_image"),
         max_size_mb=get("image.max_size_mb"),
         target=get("image.target"),
+        build_args=MappingProxyType(dict(get("image.build_args"))),
+        python=get("image.python"),
+        smoke_env=MappingProxyType(dict(get("image.smoke_env"))),
     )
-    return Config(root, project, image, env, MappingProxyType(dict(layers)), MappingProxyType(dict(dotenv)))
+    processes = layers["processes"]
+    if isinstance(processes.value, dict):  # the kit default, not yet coerced
+        processes = Value(_processes(processes.value, "default", lambda _sub: "default"), "default")
+    app = AppContract(processes.value, get("release.command"))
+    unknown = set(get("ecs.services")) - set(app.names())
+    if unknown:
+        where = layers["ecs.services"].source
+        raise ConfigError(
+            f"{where}: `ecs.services` names unknown process `{sorted(unknown)[0]}` "
+            f"(processes: {', '.join(app.names())})"
+        )
+    security = SecuritySpec(get("security.paths"), get("security.lock_files"))
+    ci = CiSpec(
+        get("ci.install"),
+        get("ci.default_branch"),
+        get("ci.python"),
+        get("ci.gitlab_image") or f"python:{get('ci.python')}",
+        get("ci.docker_service"),
+    )
+    values = {**layers, "processes": processes}
+    return Config(
+        root,
+        project,
+        image,
+        env,
+        app,
+        security,
+        ci,
+        MappingProxyType(values),
+        MappingProxyType(dict(dotenv)),
+    )
 
 
 SECRET_LIKE = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE)", re.IGNORECASE)
@@ -403,8 +619,24 @@ def describe(config: Config) -> list[tuple[str, str, str]]:
         elif key == "secrets":
             for var, ref in sorted(value.value.items()):
                 rows.append((f"secrets.{var}", f"<{ref}> (resolved at deploy)", value.source))
+        elif key == "processes":
+            for proc in value.value:
+                rows.append((f"processes.{proc.name}", describe_process(proc), value.source))
+        elif SCHEMA[key].kind == "argv":
+            rows.append((key, shlex.join(value.value) if value.value else "(none)", value.source))
         elif isinstance(value.value, tuple):
             rows.append((key, ", ".join(value.value), value.source))
         else:
             rows.append((key, "" if value.value is None else str(value.value), value.source))
     return rows
+
+
+def describe_process(proc: Process) -> str:
+    """One line: command, and for the HTTP process its port and routes."""
+    parts = [f"command: {shlex.join(proc.command) if proc.command else '(the image CMD)'}"]
+    if proc.http:
+        version = f"{proc.version} .{proc.version_field}" if proc.version else "none"
+        parts.append(f"port {proc.port}, health {proc.health or 'none'}, version {version}")
+    if proc.healthcheck:
+        parts.append(f"healthcheck: {shlex.join(proc.healthcheck)}")
+    return "; ".join(parts)

@@ -118,15 +118,21 @@ class DockerEngine:
             raise EngineError(f"login to {registry}: {self.runner.redact(_first_line(exc))}") from None
 
     def run(
-        self, image: str, *, env: dict[str, str], ports: dict[str, int | None], name: str | None = None
+        self,
+        image: str,
+        *,
+        env: dict[str, str],
+        ports: dict[str, int | None],
+        name: str | None = None,
+        command: list[str] | None = None,
     ) -> str:
-        """Start a detached container; returns its id."""
+        """Start a detached container (``command`` replaces the image's CMD); returns its id."""
         if self.runner.dry:
             self.runner.say(f"[dry] docker run -d {image}")
             return "dry-run"
         try:
             container = self.client.containers.run(
-                image, detach=True, environment=env, ports=ports, name=name
+                image, command=command or None, detach=True, environment=env, ports=ports, name=name
             )
         except self._errors() as exc:
             raise EngineError(f"run {image}: {_first_line(exc)}") from None

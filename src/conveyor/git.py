@@ -15,6 +15,7 @@ class Revision:
     sha: str
     dirty: bool
     branch: str | None
+    remote: str = ""  # origin's URL without credentials: the image's source label
 
     @property
     def tag(self) -> str:
@@ -40,4 +41,8 @@ def revision(runner: Runner, root: Path) -> Revision:
         ) from None
     dirty = bool(git("status", "--porcelain", "--untracked-files=normal"))
     branch = git("rev-parse", "--abbrev-ref", "HEAD")
-    return Revision(sha, dirty, None if branch == "HEAD" else branch)
+    try:
+        remote = re.sub(r"//[^/@]*@", "//", git("config", "--get", "remote.origin.url"))
+    except CommandFailed:  # no remote configured
+        remote = ""
+    return Revision(sha, dirty, None if branch == "HEAD" else branch, remote)

@@ -15,12 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from conveyor import __version__
-from conveyor.config import ENV_DIR, Config
+from conveyor.config import ENV_DIR, AppContract, Config
 from conveyor.docker_engine import DockerEngine
 from conveyor.errors import CommandFailed, ConveyorError
 from conveyor.git import Revision
-from conveyor.http import get_json
+from conveyor.http import get_json, get_ok
 from conveyor.runner import Runner
 
 LOCAL_BASE = "conveyor-local/python:3.11-bookworm"
@@ -109,6 +108,7 @@ def build_argv(
     build_args: Mapping[str, str],
     secrets: list[tuple[str, str]],
     iidfile: str,
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The build command. Secrets are passed by file path (``src=``), never by value."""
     argv = ["docker", "buildx", "build", "--load"] if use_buildx else ["docker", "build"]
@@ -117,6 +117,8 @@ def build_argv(
         argv += ["--tag", tag]
     for key, value in sorted(build_args.items()):
         argv += ["--build-arg", f"{key}={value}"]
+    for key, value in sorted((labels or {}).items()):
+        argv += ["--label", f"{key}={value}"]
     for secret_id, path in secrets:
         argv += ["--secret", f"id={secret_id},src={path}"]
     if options.platform:
@@ -158,14 +160,28 @@ def build(
         tags.append(f"{spec.name}:{rev.branch_tag}")
     if rev.dirty:
         runner.say(f"note: the work tree has uncommitted changes; tagging {tags[0]}")
+    meta = project_metadata(cfg.root)
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    source = meta.get("source") or rev.remote
     args = {
         "BASE_IMAGE": spec.base_image,
         "GIT_SHA": rev.sha,
-        "VERSION": __version__,
-        "CREATED": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "SOURCE": "conveyor",
+        "VERSION": meta.get("version", "0.0.0"),
+        "CREATED": created,
+        "SOURCE": source,
+        **spec.build_args,
         **options.build_args,
     }
+    # OCI labels from the project itself (the Dockerfile may set more); the revision label is how a
+    # running container names the commit it was built from on every target.
+    labels = {
+        "org.opencontainers.image.title": meta.get("name", cfg.project),
+        "org.opencontainers.image.revision": rev.sha,
+        "org.opencontainers.image.version": meta.get("version", "0.0.0"),
+        "org.opencontainers.image.created": created,
+    }
+    if source:
+        labels["org.opencontainers.image.source"] = source
     iidfile = cfg.root / "build" / "iid"
     iidfile.parent.mkdir(parents=True, exist_ok=True)
     iidfile.unlink(missing_ok=True)
@@ -179,6 +195,7 @@ def build(
         build_args=args,
         secrets=build_secrets(environ),
         iidfile=str(iidfile),
+        labels=labels,
     )
     start = time.monotonic()
     try:
@@ -202,6 +219,28 @@ def build(
             f"({cfg.values['image.max_size_mb'].source})"
         )
     return built
+
+
+def project_metadata(root: Path) -> dict[str, str]:
+    """name, version and source URL from pyproject.toml's [project] table; missing keys are left out."""
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+    try:
+        project = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
+    except (OSError, ValueError) as exc:
+        raise ConveyorError(f"pyproject.toml: cannot read [project]: {exc}") from None
+    meta = {k: str(project[k]) for k in ("name", "version") if isinstance(project.get(k), str)}
+    urls = project.get("urls") or {}
+    for key in ("Source", "source", "Repository", "repository", "Homepage", "homepage"):
+        if isinstance(urls.get(key), str):
+            meta["source"] = urls[key]
+            break
+    return meta
 
 
 def save_release(root: Path, built: Built) -> Path:
@@ -294,55 +333,79 @@ def build_standins(runner: Runner, root: Path, base: str, environ: Mapping[str, 
 # --- smoke -------------------------------------------------------------------------------------------
 
 
-SMOKE_ENV = {
-    # /health and /version need no dependency; the settings must still validate.
-    "DATABASE_URL": "postgresql://smoke@127.0.0.1:9/smoke",
-    "REDIS_URL": "redis://127.0.0.1:9/0",
-}
-
-
 def smoke(
-    runner: Runner, engine: DockerEngine, ref: str, expect_sha: str, *, timeout: float = 60
+    runner: Runner,
+    engine: DockerEngine,
+    ref: str,
+    expect_sha: str,
+    contract: AppContract,
+    env: Mapping[str, str],
+    *,
+    timeout: float = 60,
 ) -> dict[str, str]:
-    """Run ``ref``, wait for its HEALTHCHECK, check /health and /version; always remove the container."""
-    container = engine.run(ref, env=SMOKE_ENV, ports={"8000/tcp": None})
+    """Run ``ref`` alone as the app contract's HTTP process (else its first process) with ``env``
+    (image.smoke_env): the health route must answer and the version route report ``expect_sha``.
+    A process without HTTP must keep running. The container is always removed."""
+    proc = contract.web or contract.processes[0]
+    ports: dict[str, int | None] = {f"{proc.port}/tcp": None} if proc.port else {}
+    container = engine.run(ref, env=dict(env), ports=ports, command=list(proc.command) or None)
     if runner.dry:
         return {}
     try:
-        with runner.step(f"waiting for {ref} to report healthy (up to {timeout:.0f}s)"):
-            port = _wait_healthy(engine, container, timeout)
-        base = f"http://127.0.0.1:{port}"
-        health = get_json(base + "/health")
-        if health.get("status") != "ok":
-            raise ConveyorError(f"smoke {ref}: /health answered {health}")
-        version = get_json(base + "/version")
-        if version.get("git_sha") != expect_sha:
+        if proc.port is None:
+            with runner.step(f"watching {proc.name} of {ref} for {timeout:.0f}s at most"):
+                _wait_steady(engine, container, min(timeout, 5))
+            runner.say(f"smoke ok: {proc.name} keeps running (no HTTP process to probe)")
+            return {}
+        with runner.step(f"waiting for {ref} to answer {proc.health or '/'} (up to {timeout:.0f}s)"):
+            base = _wait_answering(engine, container, proc.port, proc.health or "/", timeout)
+        if not proc.version:
+            runner.say(f"smoke ok: {proc.health or '/'} answers (no version route in the contract)")
+            return {}
+        version = get_json(base + proc.version)
+        reported = version.get(proc.version_field)
+        if reported != expect_sha:
             raise ConveyorError(
-                f"smoke {ref}: /version reports {version.get('git_sha')}, expected {expect_sha}"
+                f"smoke {ref}: {proc.version} reports {proc.version_field}={reported}, expected {expect_sha}"
             )
-        runner.say(f"smoke ok: /health ok, /version {expect_sha[:12]}")
+        runner.say(f"smoke ok: {proc.health} answers, {proc.version} reports {expect_sha[:12]}")
         return {k: str(v) for k, v in version.items()}
     finally:
         engine.remove(container)
 
 
-def _wait_healthy(engine: DockerEngine, container: str, timeout: float) -> int:
+def _exited(engine: DockerEngine, container: str, state: Mapping[str, Any]) -> ConveyorError:
+    code = state["State"]["ExitCode"]
+    return ConveyorError(f"the container exited with code {code}: {engine.logs(container).strip()[-300:]}")
+
+
+def _wait_answering(engine: DockerEngine, container: str, port: int, route: str, timeout: float) -> str:
+    """Poll ``route`` on the published port until it answers 2xx; returns the base URL."""
     deadline = time.monotonic() + timeout
+    last = "not started"
     while True:
         state = engine.container(container)
-        status = state["State"].get("Health", {}).get("Status")
         if not state["State"]["Running"]:
-            code = state["State"]["ExitCode"]
-            raise ConveyorError(
-                f"the container exited with code {code}: {engine.logs(container).strip()[-300:]}"
-            )
-        if status == "healthy":
-            ports = state["NetworkSettings"]["Ports"]["8000/tcp"]
-            return int(ports[0]["HostPort"])
-        if status is None:
-            raise ConveyorError("the image has no HEALTHCHECK")
+            raise _exited(engine, container, state)
+        published = (state["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
+        if published:
+            base = f"http://127.0.0.1:{published[0]['HostPort']}"
+            try:
+                get_ok(base + route, timeout=2)
+                return base
+            except ConveyorError as exc:
+                last = str(exc)
         if time.monotonic() > deadline:
-            raise ConveyorError(f"not healthy after {timeout:.0f}s (health: {status})")
+            raise ConveyorError(f"{route} did not answer within {timeout:.0f}s ({last})")
+        time.sleep(0.5)
+
+
+def _wait_steady(engine: DockerEngine, container: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        state = engine.container(container)
+        if not state["State"]["Running"]:
+            raise _exited(engine, container, state)
         time.sleep(0.5)
 
 

@@ -39,8 +39,8 @@ def digest_of(image: str) -> str:
     return image.split("@", 1)[1] if "@" in image else image
 
 
-def sbom(runner: Runner, image: str, image_id: str, python: str = "/opt/venv/bin/python") -> dict[str, Any]:
-    """CycloneDX 1.5 document of the Python distributions installed in ``image``'s virtualenv."""
+def sbom(runner: Runner, image: str, image_id: str, python: str) -> dict[str, Any]:
+    """CycloneDX 1.5 document of the Python distributions ``python`` (image.python) sees in ``image``."""
     try:
         out = runner.run(
             [

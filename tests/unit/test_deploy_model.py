@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.config import AppContract, Process
 from conveyor.deploy.journal import FileJournal
 from conveyor.deploy.locks import FileLock
 from conveyor.deploy.model import (
@@ -25,6 +26,8 @@ from conveyor.runner import Runner
 
 OLD = Revision("img-old", "img-old", "a" * 40)
 NEW = Release("img-new", "b" * 40)
+WEB = Process("web", port=8000, version="/version")
+CONTRACT = AppContract((WEB, Process("worker")), release=("migrate",))
 
 
 @dataclass
@@ -70,9 +73,6 @@ class FakeTarget:
     def finish(self, plan: Plan) -> None:
         self.calls.append("finish")
 
-    def version_url(self) -> str:
-        return "fake://version"
-
     def live_history(self) -> list[str]:
         return []
 
@@ -91,6 +91,8 @@ def make(
         env="test",
         timeout=30,
         lock_ttl=60,
+        contract=CONTRACT,
+        url="http://app.test",
         probe=lambda url: {"git_sha": target.serving.git_sha if target.serving else None},
         clock=lambda: float(next(ticks)),
         sleep=lambda s: None,
@@ -153,7 +155,7 @@ def test_wrong_sha_in_smoke_probe_rolls_back(tmp_path: Path) -> None:
         {"git_sha": "c" * 40} if target.serving is not OLD else {"git_sha": OLD.git_sha}
     )
     with pytest.raises(
-        DeployFailed, match="failed at smoke probe ./version reports cccccccccccc, expected bbbbbbbbbbbb"
+        DeployFailed, match="failed at smoke probe .http://app.test/version reports git_sha=cccccccccccc, expected bbbbbbbbbbbb"
     ):
         deployer.deploy(NEW)
     assert target.serving == OLD
@@ -215,3 +217,44 @@ def test_journal_rollback_target_is_the_previous_good_sha(tmp_path: Path) -> Non
         journal.record({"action": "deploy", "git_sha": sha * 40, "image": f"img{sha}", "result": result})
     assert journal.last_good_before_current()["git_sha"] == "1" * 40
     assert journal.find(2)["image"] == "img2"
+
+
+def test_no_release_command_skips_the_step(tmp_path: Path) -> None:
+    deployer, target, _journal, _ = make(tmp_path)
+    deployer.contract = AppContract((WEB,))
+    deployer.deploy(NEW)
+    assert "release_steps" not in target.calls
+
+
+def test_without_a_version_route_the_health_route_is_probed(tmp_path: Path) -> None:
+    deployer, target, _journal, _ = make(tmp_path)
+    deployer.contract = AppContract((Process("web", port=8000, health="/healthz", version=""),))
+    probed: list[str] = []
+    deployer.health = probed.append
+    deployer.probe = lambda url: pytest.fail(f"no version route, yet {url} was read")
+    deployer.deploy(NEW)
+    assert probed == ["http://app.test/healthz"]
+
+
+def test_a_failing_health_route_rolls_back(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    deployer.contract = AppContract((Process("web", port=8000, version=""),))
+
+    def health(url: str) -> None:
+        if target.serving is not OLD:
+            raise RolloutFailed(f"GET {url}: HTTP Error 500")
+
+    deployer.health = health
+    with pytest.raises(DeployFailed, match="failed at smoke probe .GET http://app.test/health: HTTP Error 500"):
+        deployer.deploy(NEW)
+    assert target.serving == OLD
+    assert [e["action"] for e in journal.entries()] == ["deploy", "rollback"]
+
+
+def test_without_an_http_process_the_target_wait_is_the_proof(tmp_path: Path) -> None:
+    deployer, target, _journal, out = make(tmp_path)
+    deployer.contract = AppContract((Process("worker"),))
+    deployer.probe = lambda url: pytest.fail("no HTTP process, yet a URL was probed")
+    deployer.deploy(NEW)
+    assert "no HTTP process" in out.getvalue()
+    assert "wait:img-new" in target.calls

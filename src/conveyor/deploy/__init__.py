@@ -26,9 +26,7 @@ def target_for(cfg: Config, runner: Runner, image: str) -> Target:
 
         resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
         stack = compose.stack_for(cfg, resolver, image)
-        return ComposeDeployTarget(
-            runner, DockerEngine(runner), stack, lock_for(cfg), cfg.env.url, cfg.env.name
-        )
+        return ComposeDeployTarget(runner, DockerEngine(runner), stack, lock_for(cfg), cfg.env.name, cfg.app)
     if cfg.env.target == "ecs":
         from conveyor.deploy import ecs
         from conveyor.deploy.model import Owner
@@ -86,4 +84,6 @@ def deployer_for(cfg: Config, runner: Runner, image: str) -> Deployer:
         env=cfg.env.name,
         timeout=cfg.env.deploy.timeout,
         lock_ttl=cfg.env.deploy.lock_ttl,
+        contract=cfg.app,
+        url=cfg.env.url,
     )

@@ -1,7 +1,8 @@
 """The deploy model: one algorithm, and the small protocol each target (compose, ecs, k8s) implements.
 
-acquire lock -> resolve release -> plan -> [--dry: print plan, stop] -> release steps (migrations)
--> apply -> wait until the NEW revision serves and is healthy -> smoke probe (/version = our sha)
+acquire lock -> resolve release -> plan -> [--dry: print plan, stop] -> release command (migrations)
+-> apply (every process) -> wait until the NEW revision of every process runs and is healthy
+-> smoke probe (the app contract's version route reports our sha, or its health route answers)
 -> record -> release lock
 on failure after apply: roll back to the previous revision -> verify it -> record both -> exit 1
 """
@@ -16,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from conveyor.config import AppContract
 from conveyor.errors import ConveyorError
-from conveyor.http import get_json
+from conveyor.http import get_json, get_ok
 from conveyor.runner import Runner
 
 
@@ -131,7 +133,6 @@ class Target(Protocol):
     def rollback(self, plan: Plan, to: Revision) -> None: ...
     def stop(self, plan: Plan) -> None: ...
     def finish(self, plan: Plan) -> None: ...
-    def version_url(self) -> str: ...
     def live_history(self) -> list[str]: ...
 
 
@@ -150,9 +151,17 @@ def http_probe(url: str) -> dict[str, object]:
         raise RolloutFailed(str(exc)) from None
 
 
+def http_health(url: str) -> None:
+    """GET ``url`` must answer 2xx (any body); any failure is a RolloutFailed naming the URL."""
+    try:
+        get_ok(url)
+    except ConveyorError as exc:
+        raise RolloutFailed(str(exc)) from None
+
+
 @dataclass
 class Deployer:
-    """Runs the one algorithm against any Target. Clock, sleep and probe are injected for tests."""
+    """Runs the one algorithm against any Target. Clock, sleep and probes are injected for tests."""
 
     target: Target
     runner: Runner
@@ -160,7 +169,10 @@ class Deployer:
     env: str
     timeout: int
     lock_ttl: int
+    contract: AppContract
+    url: str = ""
     probe: Probe = http_probe
+    health: Callable[[str], None] = http_health
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
 
@@ -199,8 +211,9 @@ class Deployer:
             "previous_image": previous.image if previous else None,
         }
         try:
-            with self.runner.step("release steps (migrations)"):
-                self.target.release_steps(plan)
+            if self.contract.release:
+                with self.runner.step(f"release command: {' '.join(self.contract.release)}"):
+                    self.target.release_steps(plan)
         except ConveyorError as exc:
             self._record(entry, "failed", start, f"release step: {exc}")
             raise DeployFailed(
@@ -218,8 +231,7 @@ class Deployer:
             ):
                 self.target.wait(plan, release, deadline)
             failed_at = "smoke probe"
-            with self.runner.step(f"smoke probe {self.target.version_url()}"):
-                self.verify(release.git_sha, deadline)
+            self.verify(release.git_sha, deadline)
         except (ConveyorError, KeyboardInterrupt) as exc:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
             self._record(entry, "failed", start, f"{failed_at}: {reason}")
@@ -239,15 +251,35 @@ class Deployer:
         return plan
 
     def verify(self, git_sha: str, deadline: float) -> None:
-        """/version must report ``git_sha``; retried until the deadline (proxies may lag a moment)."""
-        url = self.target.version_url()
+        """The smoke probe of the app contract, retried until the deadline (proxies may lag a moment).
+
+        With a version route its field must report ``git_sha``; without one the health route must answer
+        (the target's wait has already checked the orchestrator runs our image). No HTTP process: the
+        target's wait is the whole proof.
+        """
+        web = self.contract.web
+        if web is None:
+            self.runner.say("smoke probe: no HTTP process; the orchestrator's report is the proof")
+            return
+        if not self.url:
+            self.runner.say(f"smoke probe: SKIPPED, environment {self.env} has no `url`")
+            return
+        route = web.version or web.health or "/"
+        url = self.url.rstrip("/") + route
+        with self.runner.step(f"smoke probe {url}"):
+            self._poll(url, web.version_field if web.version else "", git_sha, deadline)
+
+    def _poll(self, url: str, field: str, git_sha: str, deadline: float) -> None:
         last = ""
         while True:
             try:
-                reported = str(self.probe(url).get("git_sha"))
+                if not field:
+                    self.health(url)
+                    return
+                reported = str(self.probe(url).get(field))
                 if reported == git_sha:
                     return
-                last = f"/version reports {reported[:12]}, expected {git_sha[:12]}"
+                last = f"{url} reports {field}={reported[:12]}, expected {git_sha[:12]}"
             except RolloutFailed as exc:
                 last = str(exc)
             if self.clock() >= deadline:

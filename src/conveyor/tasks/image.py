@@ -11,7 +11,7 @@ from conveyor.tasks._base import load_config, make_runner, project_root, task
 
 @task(
     help={
-        "target": "Dockerfile stage (default: image.target, normally runtime)",
+        "target": "Dockerfile stage (default: image.target, the release stage); others are not releases",
         "platform": "target platform, e.g. linux/amd64",
         "no_cache": "build without the layer cache",
         "cache_from": "local BuildKit cache dir to read (CI)",
@@ -33,12 +33,12 @@ def build(
     from conveyor.docker_engine import DockerEngine
     from conveyor.git import revision
 
-    cfg = load_config(env or None, {"image.target": target or None})
+    cfg = load_config(env or None)
     runner = make_runner(c)
     rev = revision(runner, cfg.root)
-    options = images.BuildOptions(cfg.image.target, platform, no_cache, cache_from, cache_to)
+    options = images.BuildOptions(target or cfg.image.target, platform, no_cache, cache_from, cache_to)
     engine = DockerEngine(runner)
-    with runner.step(f"build {cfg.image.name} ({cfg.image.target}) at {rev.tag}"):
+    with runner.step(f"build {cfg.image.name} ({options.target}) at {rev.tag}"):
         built = images.build(runner, engine, cfg, rev, options, os.environ)
     if runner.dry:
         return
@@ -46,13 +46,13 @@ def build(
     print(f"id       {built.image_id}")
     print(f"size     {built.size / 1_000_000:.1f} MB (budget {cfg.image.max_size_mb} MB)")
     print(f"duration {built.duration:.1f}s")
-    if built.target != "runtime":
+    if built.target != cfg.image.target:
         print(f"target {built.target} is not a release: build/release.json is unchanged")
         return
     from conveyor import supply
 
     with runner.step("SBOM of the image's virtualenv"):
-        sbom = supply.sbom(runner, built.ref, built.image_id)
+        sbom = supply.sbom(runner, built.ref, built.image_id, cfg.image.python)
         path = supply.save_sbom(cfg.root, sbom, built.image_id)[0]
     print(f"sbom     {path.relative_to(cfg.root)}")
     print(f"recorded {images.save_release(cfg.root, built).relative_to(cfg.root)}")
@@ -112,19 +112,22 @@ def standins(c: Context, base: str = "", save: bool = False) -> None:
         print("recorded POSTGRES_IMAGE, REDIS_IMAGE, NGINX_IMAGE in .env")
 
 
-@task(help={"ref": "image to smoke (default: the last build)", "timeout": "seconds to wait for healthy"})
+@task(help={"ref": "image to smoke (default: the last build)", "timeout": "seconds to wait for an answer"})
 def smoke(c: Context, ref: str = "", timeout: int = 60) -> None:
-    """Run the built image, wait for its HEALTHCHECK, check /health and /version, remove it."""
+    """Run the built image alone: its health route must answer, its version route report the build's sha."""
     from conveyor import images
     from conveyor.docker_engine import DockerEngine
 
+    cfg = load_config(None)
     runner = make_runner(c)
-    release = images.load_release(project_root())
+    release = images.load_release(cfg.root)
     images.smoke(
         runner,
         DockerEngine(runner),
         ref or str(release["image_id"]),
         str(release["git_sha"]),
+        cfg.app,
+        cfg.image.smoke_env,
         timeout=timeout,
     )
 

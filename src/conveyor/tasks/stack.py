@@ -21,9 +21,10 @@ def _stack(c: Context, env: str, *, need_image: bool = True) -> tuple[Runner, St
 
     cfg = load_config(env or None)
     runner = make_runner(c)
-    image = str(images.load_release(cfg.root)["image_id"]) if need_image else "none"
+    built = images.load_release(cfg.root) if need_image else {"image_id": "none", "git_sha": ""}
     resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
-    return runner, compose.stack_for(cfg, resolver, image), cfg.env.url
+    stack = compose.stack_for(cfg, resolver, str(built["image_id"]), str(built["git_sha"]))
+    return runner, stack, cfg.env.url
 
 
 def _known_service(runner: Runner, stack: Stack, service: str) -> None:
