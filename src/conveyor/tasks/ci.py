@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from invoke.context import Context
 
-from conveyor.tasks._base import make_runner, project_root, task
+from conveyor.tasks._base import load_config, make_runner, project_root, task
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -22,15 +22,20 @@ def _pipeline(root: Path) -> Pipeline:
     return pipeline.load(root / pipeline.PIPELINE_FILE, task_names())
 
 
-def _renders(root: Path) -> dict[Path, str]:
+def _renders(c: Context, root: Path) -> dict[Path, str]:
+    """Both CI files, rendered in memory (a ConfigError here means nothing gets written)."""
     from conveyor import pipeline
     from conveyor.doctor import python_versions
 
     pipe = _pipeline(root)
+    cfg = load_config(None)
     pythons = python_versions(root / "pyproject.toml")
+    branch = pipeline.default_branch(
+        make_runner(c), root, cfg.ci.default_branch, cfg.values["ci.default_branch"].source
+    )
     return {
-        pipeline.GITHUB_FILE: pipeline.render_github(pipe, pythons),
-        pipeline.GITLAB_FILE: pipeline.render_gitlab(pipe, pythons),
+        pipeline.GITHUB_FILE: pipeline.render_github(pipe, pythons, cfg.ci, branch),
+        pipeline.GITLAB_FILE: pipeline.render_gitlab(pipe, pythons, cfg.ci),
     }
 
 
@@ -44,7 +49,7 @@ def _renders(root: Path) -> dict[Path, str]:
     },
 )
 def run(c: Context, jobs: int = 0, only: str = "", skip: str = "", with_deploy: bool = False) -> None:
-    """Run the pipeline locally in CI order, independent stages in parallel, and print a summary table."""
+    """Run ci/pipeline.yaml locally in CI order, with a summary."""
     import sys
 
     from conveyor import pipeline
@@ -78,9 +83,9 @@ def run(c: Context, jobs: int = 0, only: str = "", skip: str = "", with_deploy: 
 
 @task
 def render(c: Context) -> None:
-    """Write .github/workflows/ci.yml and .gitlab-ci.yml from ci/pipeline.yaml."""
+    """Write the GitHub and GitLab CI files from ci/pipeline.yaml."""
     root = project_root()
-    for rel, text in _renders(root).items():
+    for rel, text in _renders(c, root).items():
         if c.config.run.dry:
             print(f"[dry] would write {rel}")
             continue
@@ -91,15 +96,16 @@ def render(c: Context) -> None:
 
 @task
 def check(c: Context) -> None:
-    """Fail with a diff when the CI files drift from ci/pipeline.yaml; validate both against their schemas."""
+    """Check the CI files match ci/pipeline.yaml and their schemas."""
     import difflib
+    import sys
 
     from conveyor import pipeline
     from conveyor.errors import ConveyorError
 
     root = project_root()
     drift = []
-    for rel, fresh in _renders(root).items():
+    for rel, fresh in _renders(c, root).items():
         path = root / rel
         committed = path.read_text(encoding="utf-8") if path.exists() else ""
         if committed != fresh:
@@ -118,5 +124,6 @@ def check(c: Context) -> None:
     runner = make_runner(c)
     schemas = {pipeline.GITHUB_FILE: "vendor.github-workflows", pipeline.GITLAB_FILE: "vendor.gitlab-ci"}
     for rel, schema in schemas.items():
-        runner.run(["check-jsonschema", "--builtin-schema", schema, str(root / rel)], mutates=False)
+        argv = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(root / rel)]
+        runner.run(argv, mutates=False)
     print("CI files are in sync with ci/pipeline.yaml and valid against their schemas")

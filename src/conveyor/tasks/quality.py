@@ -18,13 +18,13 @@ def _nox(c: Context, session: str, posargs: str = "", *extra: str) -> None:
 
 @task
 def lint(c: Context) -> None:
-    """Lint and check formatting (ruff check, ruff format --check)."""
+    """Lint the project and check its formatting (nox -s lint)."""
     _nox(c, "lint")
 
 
 @task
 def typecheck(c: Context) -> None:
-    """Type-check src/conveyor with mypy --strict."""
+    """Type-check the project (nox -s typecheck)."""
     _nox(c, "typecheck")
 
 
@@ -32,11 +32,11 @@ def typecheck(c: Context) -> None:
     help={"python": "one Python version (e.g. 3.12) instead of the whole matrix", "pytest": "args for pytest"}
 )
 def test(c: Context, python: str = "", pytest: str = "") -> None:
-    """Run the test suite on every supported Python (nox -s tests)."""
+    """Run the tests on every declared Python (nox -s tests)."""
     _nox(c, f"tests-{python}" if python else "tests", pytest)
 
 
 @task(help={"allow_unverified": "pass when a scanner could not verify (pip-audit service unreachable)"})
 def security(c: Context, allow_unverified: bool = False) -> None:
-    """Run the security scanners with a summary table (nox -s security)."""
+    """Run the security scanners with a summary (nox -s security)."""
     _nox(c, "security", "--allow-unverified" if allow_unverified else "")
