@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 from conveyor import config
@@ -196,3 +198,107 @@ def test_empty_environment_file(project: Project) -> None:
     with pytest.raises(ConfigError) as exc:
         load(project)
     assert "local.yaml: the file is empty" in one_line(exc)
+
+
+# --- the app contract --------------------------------------------------------------------------------
+
+CONTRACT = """\
+conveyor:
+  processes:
+    web:
+      command: [gunicorn, "shop.wsgi:application"]
+      port: 9000
+      health: /healthz
+      version: none
+    worker:
+      command: python -m shop.worker
+      healthcheck: [python, -m, shop.worker, --check]
+  release:
+    command: [python, manage.py, migrate]
+"""
+
+
+def test_the_app_contract_is_read_from_invoke_yaml(project: Project) -> None:
+    project.write("invoke.yaml", CONTRACT)
+    cfg = load(project)
+    web, worker = cfg.app.processes
+    assert cfg.app.web == web
+    assert (web.command, web.port, web.health, web.version) == (
+        ("gunicorn", "shop.wsgi:application"),
+        9000,
+        "/healthz",
+        "",
+    )
+    assert worker.command == ("python", "-m", "shop.worker")  # a string is split like argv
+    assert worker.healthcheck == ("python", "-m", "shop.worker", "--check")
+    assert not worker.http
+    assert cfg.app.release == ("python", "manage.py", "migrate")
+    assert cfg.values["processes"].source == "invoke.yaml:2"
+    rows = {key: value for key, value, _ in config.describe(cfg)}
+    assert rows["processes.web"].startswith("command: gunicorn shop.wsgi:application; port 9000")
+    assert rows["release.command"] == "python manage.py migrate"
+
+
+def test_the_kit_default_contract_is_one_http_process_and_no_release_step(project: Project) -> None:
+    cfg = load(project)
+    assert [p.name for p in cfg.app.processes] == ["web"]
+    assert cfg.app.web is not None and cfg.app.web.command == ()  # the image's CMD
+    assert cfg.app.release == ()
+
+
+def test_an_environment_file_replaces_the_processes(project: Project) -> None:
+    project.write("invoke.yaml", CONTRACT)
+    project.write(
+        "deploy/environments/local.yaml",
+        "target: compose\ncompose: {files: [a.yaml]}\nprocesses:\n  web: {port: 8000, command: serve --reload}\n",
+    )
+    cfg = load(project)
+    assert [p.name for p in cfg.app.processes] == ["web"]
+    assert cfg.values["processes"].source == "deploy/environments/local.yaml:3"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "  web: {port: 8000, comand: [x]}\n",
+            r"invoke.yaml:3: unknown key `processes.web.comand`; did you mean `command`",
+        ),
+        (
+            "  web: {port: 8000}\n  api: {port: 8001}\n",
+            r"invoke.yaml:2: only one process can serve HTTP .* web, api",
+        ),
+        ("  web: {port: http}\n", r"invoke.yaml:3: `processes.web.port` must be a TCP port, got 'http'"),
+        (
+            "  web: {port: 8000, health: healthz}\n",
+            r"invoke.yaml:3: `processes.web.health` must be a path like /health",
+        ),
+        (
+            "  worker: {version: /version}\n",
+            r"invoke.yaml:3: `processes.worker` has HTTP routes but no `port`",
+        ),
+        ("  Web_1: {}\n", r"invoke.yaml:3: process name 'Web_1': lowercase letters"),
+        ("  web: {command: {a: b}}\n", r"`processes.web.command` must be a command \(a list of strings\)"),
+        ("  []\n", r"invoke.yaml:2: `processes` must map process names to their settings, got a list"),
+    ],
+)
+def test_a_bad_contract_names_the_file_line_and_key(project: Project, body: str, message: str) -> None:
+    project.write("invoke.yaml", "conveyor:\n  processes:\n" + textwrap.indent(body, "  "))
+    with pytest.raises(ConfigError, match=message):
+        load(project)
+
+
+def test_processes_cannot_come_from_a_variable(project: Project) -> None:
+    with pytest.raises(ConfigError, match="env CONVEYOR_PROCESSES: `processes` is a mapping: set it in"):
+        load(project, environ={"CONVEYOR_PROCESSES": "web"})
+
+
+def test_the_release_command_from_a_variable_is_split_like_argv(project: Project) -> None:
+    cfg = load(project, environ={"CONVEYOR_RELEASE__COMMAND": "python -m shop migrate --fake-initial"})
+    assert cfg.app.release == ("python", "-m", "shop", "migrate", "--fake-initial")
+
+
+def test_ecs_services_must_name_known_processes(project: Project) -> None:
+    project.write("invoke.yaml", CONTRACT + "  ecs:\n    services: {wrker: shop-worker}\n")
+    with pytest.raises(ConfigError, match=r"invoke.yaml:14: `ecs.services` names unknown process `wrker`"):
+        load(project)
