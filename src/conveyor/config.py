@@ -77,7 +77,9 @@ SCHEMA: dict[str, Key] = {
     "compose.project": Key("str", "", "compose project name (default: <project.name>-<env>)"),
     "compose.files": Key("list", (), "compose files, from the project root"),
     "ecs.cluster": Key("str", "", "ECS cluster name"),
-    "ecs.service": Key("str", "", "ECS service name"),
+    "ecs.service": Key(
+        "str", "", "ECS service of the HTTP process (the first process when none serves HTTP)"
+    ),
     "ecs.region": Key("str", "", "AWS region"),
     "ecs.profile": Key("str", "", "AWS profile (empty: default credential chain)"),
     "ecs.endpoint_url": Key("str", "", "AWS endpoint override (moto, LocalStack)"),
@@ -640,3 +642,21 @@ def describe_process(proc: Process) -> str:
     if proc.healthcheck:
         parts.append(f"healthcheck: {shlex.join(proc.healthcheck)}")
     return "; ".join(parts)
+
+
+def schema_table() -> str:
+    """Every key as a Markdown table (README "Configuration keys"; `invoke env.keys` prints it)."""
+    rows = ["| key | default | what it is |", "|---|---|---|"]
+    for key, spec in SCHEMA.items():
+        default = spec.default
+        if isinstance(default, (dict, tuple)) and not default:
+            shown = "-"
+        elif key == "processes":
+            shown = "`web` on port 8000, the image CMD"
+        elif default in (None, ""):
+            shown = "-"
+        else:
+            shown = f"`{default}`"
+        text = spec.help.replace("|", "/").replace("<", "&lt;")
+        rows.append(f"| `{key}` | {shown} | {text} |")
+    return "\n".join(rows) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -242,7 +243,8 @@ def test_the_app_contract_is_read_from_invoke_yaml(project: Project) -> None:
 def test_the_kit_default_contract_is_one_http_process_and_no_release_step(project: Project) -> None:
     cfg = load(project)
     assert [p.name for p in cfg.app.processes] == ["web"]
-    assert cfg.app.web is not None and cfg.app.web.command == ()  # the image's CMD
+    assert cfg.app.web is not None
+    assert cfg.app.web.command == ()  # the image's CMD
     assert cfg.app.release == ()
 
 
@@ -250,7 +252,8 @@ def test_an_environment_file_replaces_the_processes(project: Project) -> None:
     project.write("invoke.yaml", CONTRACT)
     project.write(
         "deploy/environments/local.yaml",
-        "target: compose\ncompose: {files: [a.yaml]}\nprocesses:\n  web: {port: 8000, command: serve --reload}\n",
+        "target: compose\ncompose: {files: [a.yaml]}\n"
+        "processes:\n  web: {port: 8000, command: serve --reload}\n",
     )
     cfg = load(project)
     assert [p.name for p in cfg.app.processes] == ["web"]
@@ -302,3 +305,9 @@ def test_ecs_services_must_name_known_processes(project: Project) -> None:
     project.write("invoke.yaml", CONTRACT + "  ecs:\n    services: {wrker: shop-worker}\n")
     with pytest.raises(ConfigError, match=r"invoke.yaml:14: `ecs.services` names unknown process `wrker`"):
         load(project)
+
+
+def test_the_readme_key_table_is_the_schema() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- keys:start -->\n", 1)[1].split("<!-- keys:end -->", 1)[0]
+    assert block == config.schema_table(), "README key table drifted: paste `invoke env.keys` into it"

@@ -56,3 +56,11 @@ def init(c: Context, env: str = "") -> None:
     if not c.config.run.dry:
         dotenv_file.update(cfg.root / ".env", missing)
     print(f"{cfg.env.name}: generated {', '.join(sorted(missing))} in .env (values not shown)")
+
+
+@task
+def keys(c: Context) -> None:
+    """Print every configuration key with its default and meaning (the README's table)."""
+    from conveyor import config
+
+    print(config.schema_table(), end="")
