@@ -43,7 +43,7 @@ def _release(c: Context, env: str) -> tuple[Config, Runner, Release]:
 
 @task(help=ENV_HELP)
 def deploy(c: Context, env: str = "") -> None:
-    """Deploy the last build: lock, plan, release command, apply, wait, probe, record; roll back if it fails."""
+    """Deploy the last build: lock, plan, release, apply, wait, smoke probe, record; roll back on failure."""
     from conveyor.deploy import deployer_for
 
     cfg, runner, release = _release(c, env)
