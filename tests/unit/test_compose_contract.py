@@ -1,0 +1,59 @@
+"""The compose contract: the generated per-process file, and a process without a service refused."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conveyor import compose
+from conveyor.config import AppContract, Process
+from conveyor.errors import ConfigError
+from conveyor.runner import Runner
+
+CONTRACT = AppContract(
+    (
+        Process("web", command=("gunicorn", "shop:app"), port=8000),
+        Process(
+            "worker", command=("python", "-m", "shop.worker"), healthcheck=("python", "-m", "shop.check")
+        ),
+        Process("clock"),
+    ),
+    release=("flask", "db", "upgrade"),
+)
+
+
+def test_every_process_gets_the_image_command_environment_and_labels() -> None:
+    text = compose.process_override(CONTRACT, "sha256:abc", "1" * 40, {"LOG_LEVEL": "info", "TOKEN": "p$ss"})
+    services = yaml.safe_load(text)["services"]
+    assert list(services) == ["web", "worker", "clock"]
+    web, worker, clock = services["web"], services["worker"], services["clock"]
+    assert web["image"] == "sha256:abc"
+    assert web["command"] == ["gunicorn", "shop:app"]
+    assert web["environment"] == {"LOG_LEVEL": "info", "TOKEN": "p$$ss"}  # `$` is not interpolated
+    assert web["labels"] == {
+        compose.LABEL_SHA: "1" * 40,
+        compose.LABEL_IMAGE: "sha256:abc",
+        compose.LABEL_PROCESS: "web",
+    }
+    assert "healthcheck" not in web  # the HTTP process keeps the compose file's (or the image's)
+    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "shop.check"]
+    assert "command" not in clock  # no command in the contract: the image's CMD
+
+
+def test_the_generated_file_travels_on_stdin_after_the_project_files() -> None:
+    stack = compose.Stack("p", (Path("/p/compose.yaml"),), {}, override="services: {}\n")
+    assert stack.argv("ps")[-4:] == ["/p/compose.yaml", "--file", "-", "ps"]
+    assert "-" not in stack.project_files().argv("ps")
+
+
+@pytest.mark.docker  # `docker compose config` (the compose CLI; no engine needed)
+def test_a_process_without_a_compose_service_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "compose.yaml").write_text("services:\n  web:\n    image: x\n  db:\n    image: y\n")
+    stack = compose.Stack("p", (tmp_path / "compose.yaml",), {}, override="services: {}\n")
+    with pytest.raises(
+        ConfigError, match=r"process `worker` has no service of that name \(services: web, db\)"
+    ):
+        compose.validate(Runner(out=io.StringIO()), stack, ["web", "worker"])
