@@ -50,9 +50,18 @@ class DockerEngine:
         return self._client
 
     def _errors(self) -> tuple[type[BaseException], ...]:
+        """What the SDK raises: its own errors, and requests' when the engine goes away mid-run."""
         from docker.errors import DockerException
+        from requests.exceptions import RequestException
 
-        return (DockerException,)
+        return (DockerException, RequestException)
+
+    def containers(self, labels: list[str]) -> list[str]:
+        """Ids of the containers (running or not) carrying every ``key=value`` label."""
+        try:
+            return [str(c.id) for c in self.client.containers.list(all=True, filters={"label": labels})]
+        except self._errors() as exc:
+            raise EngineError(f"list containers: {_first_line(exc)}") from None
 
     def inspect_image(self, ref: str) -> ImageInfo | None:
         from docker.errors import ImageNotFound

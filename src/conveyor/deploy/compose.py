@@ -59,17 +59,14 @@ class ComposeDeployTarget:
 
     def _containers(self, service: str) -> list[dict[str, Any]]:
         """The service's long-running containers (one-off `run` containers excluded), inspected."""
-        listed = self.engine.client.containers.list(
-            all=True,
-            filters={
-                "label": [
-                    f"com.docker.compose.project={self.stack.project}",
-                    f"com.docker.compose.service={service}",
-                    "com.docker.compose.oneoff=False",
-                ]
-            },
+        listed = self.engine.containers(
+            [
+                f"com.docker.compose.project={self.stack.project}",
+                f"com.docker.compose.service={service}",
+                "com.docker.compose.oneoff=False",
+            ]
         )
-        return [dict(self.engine.container(c.id)) for c in listed]
+        return [self.engine.container(container) for container in listed]
 
     def _anchor(self) -> Process:
         """The process whose container tells what serves: the HTTP one, else the first."""
