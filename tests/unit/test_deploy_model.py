@@ -123,7 +123,8 @@ def test_failed_release_step_touches_nothing(tmp_path: Path) -> None:
     deployer, target, journal, _ = make(tmp_path)
     target.fail["release_steps"] = RolloutFailed("migration exited 1")
     with pytest.raises(
-        DeployFailed, match="failed before apply .migration exited 1.; nothing changed, serving aaaa"
+        DeployFailed,
+        match="failed before apply .migration exited 1.; the services were not touched, serving aaaa",
     ):
         deployer.deploy(NEW)
     assert "apply" not in target.calls
@@ -155,7 +156,8 @@ def test_wrong_sha_in_smoke_probe_rolls_back(tmp_path: Path) -> None:
         {"git_sha": "c" * 40} if target.serving is not OLD else {"git_sha": OLD.git_sha}
     )
     with pytest.raises(
-        DeployFailed, match="failed at smoke probe .http://app.test/version reports git_sha=cccccccccccc, expected bbbbbbbbbbbb"
+        DeployFailed,
+        match="failed at smoke probe .http://app.test/version reports git_sha=cccccccccccc, expected bbbb",
     ):
         deployer.deploy(NEW)
     assert target.serving == OLD
@@ -227,7 +229,7 @@ def test_no_release_command_skips_the_step(tmp_path: Path) -> None:
 
 
 def test_without_a_version_route_the_health_route_is_probed(tmp_path: Path) -> None:
-    deployer, target, _journal, _ = make(tmp_path)
+    deployer, _target, _journal, _ = make(tmp_path)
     deployer.contract = AppContract((Process("web", port=8000, health="/healthz", version=""),))
     probed: list[str] = []
     deployer.health = probed.append
@@ -245,7 +247,9 @@ def test_a_failing_health_route_rolls_back(tmp_path: Path) -> None:
             raise RolloutFailed(f"GET {url}: HTTP Error 500")
 
     deployer.health = health
-    with pytest.raises(DeployFailed, match="failed at smoke probe .GET http://app.test/health: HTTP Error 500"):
+    with pytest.raises(
+        DeployFailed, match="failed at smoke probe .GET http://app.test/health: HTTP Error 500"
+    ):
         deployer.deploy(NEW)
     assert target.serving == OLD
     assert [e["action"] for e in journal.entries()] == ["deploy", "rollback"]
@@ -258,3 +262,41 @@ def test_without_an_http_process_the_target_wait_is_the_proof(tmp_path: Path) ->
     deployer.deploy(NEW)
     assert "no HTTP process" in out.getvalue()
     assert "wait:img-new" in target.calls
+
+
+def test_any_exception_during_wait_is_journaled_rolled_back_and_unlocked(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.fail["wait:img-new"] = ConnectionError("('Connection aborted.', FileNotFoundError(2))")
+    with pytest.raises(DeployFailed, match=r"failed at wait \(ConnectionError: \('Connection aborted"):
+        deployer.deploy(NEW)
+    assert [(e["action"], e["result"]) for e in journal.entries()] == [
+        ("deploy", "failed"),
+        ("rollback", "succeeded"),
+    ]
+    assert str(journal.entries()[0]["error"]).startswith("wait: ConnectionError")
+    assert target.lock.holder() is None
+
+
+def test_any_exception_in_the_release_step_is_journaled(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.fail["release_steps"] = ValueError("bad JSON from the engine")
+    with pytest.raises(DeployFailed, match=r"failed before apply \(ValueError: bad JSON from the engine\)"):
+        deployer.deploy(NEW)
+    assert journal.entries()[-1]["error"] == "release step: ValueError: bad JSON from the engine"
+    assert target.lock.holder() is None
+
+
+def test_a_failing_stop_of_a_first_deploy_is_journaled_too(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.serving = None
+    target.fail["wait:img-new"] = RolloutFailed("unhealthy")
+    target.stop = lambda plan: (_ for _ in ()).throw(OSError("engine gone"))  # type: ignore[method-assign]
+    with pytest.raises(
+        DeployFailed, match=r"stopping the failed revision ALSO failed \(OSError: engine gone\)"
+    ):
+        deployer.deploy(NEW)
+    assert [(e["action"], e["result"]) for e in journal.entries()] == [
+        ("deploy", "failed"),
+        ("rollback", "failed"),
+    ]
+    assert target.lock.holder() is None

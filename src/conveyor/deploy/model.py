@@ -192,8 +192,11 @@ class Deployer:
         try:
             return self._deploy_locked(release, action)
         finally:
-            self.target.lock.release(owner)
-            say(f"lock {self.env} released")
+            try:
+                self.target.lock.release(owner)
+                say(f"lock {self.env} released")
+            except Exception as exc:  # the outcome above is what matters; say the lock is left
+                say(f"warning: the lock of {self.env} was NOT released ({_describe(exc)})")
 
     def _deploy_locked(self, release: Release, action: str) -> Plan:
         start = self.clock()
@@ -214,11 +217,12 @@ class Deployer:
             if self.contract.release:
                 with self.runner.step(f"release command: {' '.join(self.contract.release)}"):
                     self.target.release_steps(plan)
-        except ConveyorError as exc:
-            self._record(entry, "failed", start, f"release step: {exc}")
+        except (Exception, KeyboardInterrupt) as exc:
+            reason = _describe(exc)
+            self._record(entry, "failed", start, f"release step: {reason}")
             raise DeployFailed(
-                f"{action} to {self.env} failed before apply ({exc}); nothing changed, "
-                f"serving {_serving(previous)}"
+                f"{action} to {self.env} failed before apply ({reason}); the services were not "
+                f"touched, serving {_serving(previous)}"
             ) from None
         failed_at = "apply"
         try:
@@ -232,8 +236,8 @@ class Deployer:
                 self.target.wait(plan, release, deadline)
             failed_at = "smoke probe"
             self.verify(release.git_sha, deadline)
-        except (ConveyorError, KeyboardInterrupt) as exc:
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        except (Exception, KeyboardInterrupt) as exc:  # whatever failed, the journal hears of it
+            reason = _describe(exc)
             self._record(entry, "failed", start, f"{failed_at}: {reason}")
             serving = self._roll_back(plan, previous)
             raise DeployFailed(
@@ -294,9 +298,16 @@ class Deployer:
             "rollback_of": plan.release.git_sha,
         }
         if previous is None:
-            with self.runner.step("no previous revision: stopping the failed one"):
-                self.target.stop(plan)
-            self._record({**entry, "git_sha": None, "image": None}, "succeeded", start, None)
+            entry.update(git_sha=None, image=None)
+            try:
+                with self.runner.step("no previous revision: stopping the failed one"):
+                    self.target.stop(plan)
+            except (Exception, KeyboardInterrupt) as exc:
+                self._record(entry, "failed", start, _describe(exc))
+                return (
+                    f"stopping the failed revision ALSO failed ({_describe(exc)}): check the environment now"
+                )
+            self._record(entry, "succeeded", start, None)
             return "nothing was serving before, and the failed revision was stopped"
         entry.update(git_sha=previous.git_sha, image=previous.image)
         back = Release(previous.image, previous.git_sha)
@@ -306,9 +317,12 @@ class Deployer:
                 deadline = self.clock() + self.timeout
                 self.target.wait(plan, back, deadline)
                 self.verify(previous.git_sha, deadline)
-        except (ConveyorError, KeyboardInterrupt) as exc:
-            self._record(entry, "failed", start, str(exc) or "interrupted")
-            return f"the rollback to {previous.git_sha[:12]} ALSO failed ({exc}): check the environment now"
+        except (Exception, KeyboardInterrupt) as exc:
+            self._record(entry, "failed", start, _describe(exc))
+            return (
+                f"the rollback to {previous.git_sha[:12]} ALSO failed ({_describe(exc)}): "
+                "check the environment now"
+            )
         self._record(entry, "succeeded", start, None)
         return f"rolled back: serving {previous.git_sha[:12]} again (verified)"
 
@@ -323,6 +337,16 @@ class Deployer:
                 "host": socket.gethostname(),
             }
         )
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for any failure: our own errors as they are, anything else with its type."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, ConveyorError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _serving(revision: Revision | None) -> str:
