@@ -1,22 +1,39 @@
-"""`python -m app serve|migrate`: the web process and the release step, separately."""
+"""`python -m app serve|worker|migrate`: the web process, the worker process and the release step.
+
+`python -m app worker --check` is the worker's health check: exit 0 while its heartbeat is fresh.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from app.settings import Settings, SettingsError
+from app.heartbeat import MAX_AGE, check
+from app.settings import Settings, SettingsError, heartbeat_file
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="conveyor-demo notes service")
     parser.add_argument(
-        "command", choices=["serve", "migrate"], help="serve: run the web server; migrate: apply schema"
+        "command",
+        choices=["serve", "worker", "migrate"],
+        help="serve: run the web server; worker: process note events; migrate: apply schema",
     )
     parser.add_argument(
         "--reload", action="store_true", help="serve: restart on source changes (development only)"
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help=f"worker: exit 0 when a running worker's heartbeat is under {MAX_AGE:g}s old, else 1",
+    )
     args = parser.parse_args(argv)
+    if args.reload and args.command != "serve":
+        parser.error("--reload applies to serve only")
+    if args.check and args.command != "worker":
+        parser.error("--check applies to worker only")
+    if args.check:
+        return _check_worker()
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -24,7 +41,39 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "worker":
+        return _worker(settings)
     return _serve(settings, reload=args.reload)
+
+
+def _check_worker() -> int:
+    """Reads WORKER_HEARTBEAT_FILE only: a probe must not fail for a setting the check does not use."""
+    try:
+        path = heartbeat_file()
+    except SettingsError as exc:
+        print(f"app: invalid settings: {exc}", file=sys.stderr)
+        return 1  # a health check answers 0 or 1 (Docker reserves 2)
+    fresh, line = check(path)
+    print(f"app: {line}", file=sys.stdout if fresh else sys.stderr)
+    return 0 if fresh else 1
+
+
+def _worker(settings: Settings) -> int:
+    import signal
+
+    from app.observability import configure_logging
+    from app.worker import StartupError, Stop, Worker
+
+    configure_logging(settings.log_level)
+    stop = Stop()
+    signal.signal(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGINT, stop.set)
+    try:
+        Worker(settings, stop=stop).run()
+    except StartupError as exc:
+        print(f"app: worker: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _migrate(settings: Settings) -> int:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from app import __version__
+from app.jobs import STREAM, STREAM_MAXLEN, event
 from app.observability import Metrics, ObservabilityMiddleware
 from app.settings import Settings
 
@@ -35,6 +36,11 @@ class NoteIn(BaseModel):
 class Note(NoteIn):
     id: int
     created_at: str
+    # Written by the worker (app.worker); null until it has processed the note.
+    words: int | None = None
+    summary: str | None = None
+    tags: list[str] | None = None
+    processed_at: str | None = None
 
 
 class DependencyDown(Exception):
@@ -140,10 +146,13 @@ def create_app(settings: Settings) -> FastAPI:
     async def create_note(note: NoteIn) -> Note:
         row = await _db(
             state,
-            "INSERT INTO notes (title, body) VALUES (%s, %s) RETURNING id, title, body, created_at",
+            "INSERT INTO notes (title, body) VALUES (%s, %s)"
+            " RETURNING id, title, body, created_at, words, summary, tags, processed_at",
             (note.title, note.body),
         )
-        return _note(row[0])
+        created = _note(row[0])
+        await _publish(state, created.id)
+        return created
 
     @app.get("/notes")
     async def list_notes(
@@ -151,7 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> list[Note]:
         rows = await _db(
             state,
-            "SELECT id, title, body, created_at FROM notes"
+            "SELECT id, title, body, created_at, words, summary, tags, processed_at FROM notes"
             " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
             (limit, offset),
         )
@@ -163,18 +172,33 @@ def create_app(settings: Settings) -> FastAPI:
         cached = await _cache_get(state, key)
         if cached is not None:
             return Note.model_validate_json(cached)
-        rows = await _db(state, "SELECT id, title, body, created_at FROM notes WHERE id = %s", (note_id,))
+        rows = await _db(
+            state,
+            "SELECT id, title, body, created_at, words, summary, tags, processed_at FROM notes WHERE id = %s",
+            (note_id,),
+        )
         if not rows:
             raise HTTPException(404, f"note {note_id} not found")
         note = _note(rows[0])
-        await _cache_set(state, key, note.model_dump_json())
+        if note.processed_at is not None:  # final: a copy cached before the worker ran would go stale
+            await _cache_set(state, key, note.model_dump_json())
         return note
 
     return app
 
 
 def _note(row: dict[str, Any]) -> Note:
-    return Note(id=row["id"], title=row["title"], body=row["body"], created_at=row["created_at"].isoformat())
+    processed_at = row["processed_at"]
+    return Note(
+        id=row["id"],
+        title=row["title"],
+        body=row["body"],
+        created_at=row["created_at"].isoformat(),
+        words=row["words"],
+        summary=row["summary"],
+        tags=row["tags"],
+        processed_at=processed_at.isoformat() if processed_at is not None else None,
+    )
 
 
 async def _select_one(pool: AsyncConnectionPool) -> None:
@@ -189,6 +213,14 @@ async def _db(state: dict[str, Any], sql: str, params: tuple[Any, ...]) -> list[
             return await cur.fetchall() if cur.description else []
     except (PoolTimeout, psycopg.OperationalError):
         raise DependencyDown("postgres") from None
+
+
+async def _publish(state: dict[str, Any], note_id: int) -> None:
+    # The note is committed: a lost event only delays it (the worker's sweep finds unprocessed notes).
+    try:
+        await state["cache"].xadd(STREAM, event(note_id), maxlen=STREAM_MAXLEN, approximate=True)
+    except (RedisError, OSError):
+        log.warning("event not published", stream=STREAM, note_id=note_id)
 
 
 async def _cache_get(state: dict[str, Any], key: str) -> bytes | None:

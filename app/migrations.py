@@ -19,6 +19,24 @@ STEPS: list[tuple[int, str, str]] = [
         """,
     ),
     (2, "index notes by creation", "CREATE INDEX notes_created_at ON notes (created_at DESC, id DESC)"),
+    (
+        3,
+        "note analysis by the worker",
+        # Nullable, no default: a catalog-only change, no table rewrite. NULL processed_at = not yet
+        # processed, so the notes written before this step are the worker's first sweep.
+        """
+        ALTER TABLE notes
+            ADD COLUMN words INTEGER,
+            ADD COLUMN summary TEXT,
+            ADD COLUMN tags TEXT[],
+            ADD COLUMN processed_at TIMESTAMPTZ
+        """,
+    ),
+    (
+        4,
+        "index unprocessed notes",
+        "CREATE INDEX notes_unprocessed ON notes (id) WHERE processed_at IS NULL",
+    ),
 ]
 LOCK_ID = 7_160_531  # pg_advisory_lock key shared by every migrator of this app
 

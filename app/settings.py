@@ -9,6 +9,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The worker touches it on every loop; /tmp is the container's writable emptyDir.
+DEFAULT_HEARTBEAT_FILE = "/tmp/worker-heartbeat"  # noqa: S108  # nosec B108
 N = TypeVar("N", int, float)
 
 
@@ -29,6 +31,11 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     ready_timeout: float = 1.0
     shutdown_grace: int = 20
+    # The worker process (python -m app worker).
+    startup_timeout: float = 30.0
+    worker_heartbeat_file: str = DEFAULT_HEARTBEAT_FILE
+    worker_claim_idle: float = 60.0
+    worker_sweep_interval: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -44,7 +51,20 @@ class Settings:
             max_body_bytes=_number(env, "MAX_BODY_BYTES", int, 64 * 1024, 1024, 16 * 1024 * 1024),
             ready_timeout=_number(env, "READY_TIMEOUT", float, 1.0, 0.05, 30.0),
             shutdown_grace=_number(env, "SHUTDOWN_GRACE", int, 20, 1, 300),
+            startup_timeout=_number(env, "STARTUP_TIMEOUT", float, 30.0, 1.0, 600.0),
+            worker_heartbeat_file=heartbeat_file(env),
+            worker_claim_idle=_number(env, "WORKER_CLAIM_IDLE", float, 60.0, 1.0, 3600.0),
+            worker_sweep_interval=_number(env, "WORKER_SWEEP_INTERVAL", float, 30.0, 1.0, 3600.0),
         )
+
+
+def heartbeat_file(environ: Mapping[str, str] | None = None) -> str:
+    """WORKER_HEARTBEAT_FILE alone: the worker's health check needs no other setting."""
+    env = os.environ if environ is None else environ
+    value = env.get("WORKER_HEARTBEAT_FILE", "") or DEFAULT_HEARTBEAT_FILE
+    if not os.path.isabs(value):
+        raise SettingsError(f"WORKER_HEARTBEAT_FILE must be an absolute path, got {value!r}")
+    return value
 
 
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:

@@ -19,6 +19,7 @@ from app.main import create_app
 from app.migrations import STEPS, migrate
 from app.settings import Settings
 from app.tests.conftest import Postgres, Redis, _wait_port, free_port
+from app.worker import Stop, Worker
 
 pytestmark = pytest.mark.services
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,15 +55,28 @@ def test_migrate_command(postgres: Postgres, redis_server: Redis) -> None:
     assert result.stdout.strip() == "app: migrate: schema is current" or "applied" in result.stdout
 
 
-def test_create_list_get_and_cache(client: TestClient, redis_server: Redis) -> None:
+def test_create_list_get_and_cache(client: TestClient, postgres: Postgres, redis_server: Redis) -> None:
     created = client.post("/notes", json={"title": "hello", "body": "world"})
     assert created.status_code == 201
     note = created.json()
+    assert (note["words"], note["summary"], note["tags"], note["processed_at"]) == (None, None, None, None)
     assert client.get(f"/notes/{note['id']}").json() == note
     assert note in client.get("/notes?limit=100").json()
     import redis
 
-    assert redis.Redis.from_url(redis_server.url).get(f"note:{note['id']}") is not None
+    cache = redis.Redis.from_url(redis_server.url)
+    # Not cached until the worker has processed it: a cached copy would hide the result for a minute.
+    assert cache.get(f"note:{note['id']}") is None
+    settings = Settings(database_url=postgres.url, redis_url=redis_server.url)
+    worker = Worker(settings, stop=Stop())
+    try:
+        assert worker.process(note["id"]) is True
+    finally:
+        worker.close()
+    processed = client.get(f"/notes/{note['id']}").json()
+    assert (processed["words"], processed["summary"], processed["tags"]) == (1, "world", [])
+    assert cache.get(f"note:{note['id']}") is not None
+    assert client.get(f"/notes/{note['id']}").json() == processed
     assert client.get("/notes/987654321").status_code == 404
 
 

@@ -18,6 +18,31 @@ def test_defaults_and_overrides() -> None:
     assert (s.port, s.log_level, s.git_sha, s.image_digest) == (9000, "warning", "abc123", "unknown")
 
 
+def test_worker_defaults_and_overrides() -> None:
+    s = Settings.from_env(GOOD)
+    assert (s.worker_heartbeat_file, s.worker_claim_idle, s.worker_sweep_interval, s.startup_timeout) == (
+        "/tmp/worker-heartbeat",
+        60.0,
+        30.0,
+        30.0,
+    )
+    s = Settings.from_env(
+        {
+            **GOOD,
+            "WORKER_HEARTBEAT_FILE": "/run/beat",
+            "WORKER_CLAIM_IDLE": "5",
+            "WORKER_SWEEP_INTERVAL": "2.5",
+            "STARTUP_TIMEOUT": "90",
+        }
+    )
+    assert (s.worker_heartbeat_file, s.worker_claim_idle, s.worker_sweep_interval, s.startup_timeout) == (
+        "/run/beat",
+        5.0,
+        2.5,
+        90.0,
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -28,6 +53,10 @@ def test_defaults_and_overrides() -> None:
         ({**GOOD, "PORT": "70000"}, "PORT must be between 1 and 65535, got 70000"),
         ({**GOOD, "READY_TIMEOUT": "soon"}, "READY_TIMEOUT must be a number"),
         ({**GOOD, "LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of debug, info, warning, error"),
+        ({**GOOD, "STARTUP_TIMEOUT": "0.5"}, "STARTUP_TIMEOUT must be between 1.0 and 600.0"),
+        ({**GOOD, "WORKER_HEARTBEAT_FILE": "tmp/beat"}, "WORKER_HEARTBEAT_FILE must be an absolute path"),
+        ({**GOOD, "WORKER_CLAIM_IDLE": "soon"}, "WORKER_CLAIM_IDLE must be a number"),
+        ({**GOOD, "WORKER_SWEEP_INTERVAL": "0"}, "WORKER_SWEEP_INTERVAL must be between 1.0 and 3600.0"),
     ],
 )
 def test_invalid_settings(env: dict[str, str], message: str) -> None:
