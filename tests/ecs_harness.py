@@ -2,7 +2,7 @@
 
 moto keeps `deployments[0]` on the first task definition forever and never moves counts, so on its own it
 cannot show a rollout. This harness, called wherever conveyor sleeps (its injected `sleep`), edits moto's
-in-process backend as ECS would. Sources, AWS ECS Developer Guide:
+in-process backend as ECS would, for every service it is given. Sources, AWS ECS Developer Guide:
 - "Deployment types / rolling update": update_service creates a new PRIMARY deployment with the new task
   definition; the previous one becomes ACTIVE and drains as the new one reaches desiredCount; a
   deployment's rolloutState goes IN_PROGRESS -> COMPLETED (or FAILED).
@@ -11,7 +11,10 @@ in-process backend as ECS would. Sources, AWS ECS Developer Guide:
   ECS starts a new PRIMARY deployment of the last COMPLETED task definition.
 - "Services stable" waiter (DescribeServices): only checks deployments == 1 and running == desired,
   so it reports success after such a rollback (the reason conveyor checks PRIMARY's task definition).
-The fake smoke probe answers what a task of the PRIMARY, completed deployment would answer on /version.
+- "Task lifecycle" / DescribeTasks: a task lists one container per container definition, each with its
+  own exitCode (moto lists only the first definition's): the harness lists them all for one-off tasks.
+The fake smoke probe answers what a task of the PRIMARY, completed deployment of the first service would
+answer on /version.
 """
 
 from __future__ import annotations
@@ -20,25 +23,30 @@ import copy
 import datetime
 import itertools
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 ACCOUNT = "123456789012"
+RELEASE_STARTED_BY = "conveyor-release"
 
 
 class EcsRollout:
-    """Scenarios, one per deployment that appears (in order): succeed | fail | stuck | ecs-rollback."""
+    """Per service, scenarios, one per deployment that appears (in order): succeed | fail | stuck |
+    ecs-rollback (a service without scenarios left succeeds)."""
 
-    def __init__(self, region: str, cluster: str, service: str, scenarios: list[str] | None = None) -> None:
+    def __init__(self, region: str, cluster: str, services: Sequence[str]) -> None:
         from moto.backends import get_backend
 
         self.backend = get_backend("ecs")[ACCOUNT][region]
-        self.key = f"{cluster}:{service}"
         self.cluster = cluster
-        self.scenarios: deque[str] = deque(scenarios or [])
+        self.services = list(services)
+        self.scenarios: dict[str, deque[str]] = {name: deque() for name in self.services}
         self.active: dict[str, str] = {}  # deployment id -> scenario
         self.now = 0.0
         self.ids = itertools.count(1)
-        self.fail_migrations = False
+        self.fail_release = False  # the release command's app container exits 1
+        self.modeled: set[str] = set()  # one-off tasks whose containers the harness listed
+        self.deployed: dict[str, str] = {}  # service -> task definition of its newest deployment
         # AWS creates the new PRIMARY deployment inside UpdateService (its response already shows it);
         # moto does not, so the harness hooks the backend's update_service to do the same.
         original = self.backend.update_service
@@ -65,53 +73,84 @@ class EcsRollout:
 
     # -- ECS behaviour -------------------------------------------------------------------------------
 
-    @property
-    def svc(self) -> Any:
-        return self.backend.services[self.key]
+    def svc(self, name: str) -> Any:
+        return self.backend.services[f"{self.cluster}:{name}"]
 
     def settle(self) -> None:
-        """Mark the service's current deployment COMPLETED with all tasks running (initial state)."""
-        dep = self.svc.deployments[0]
-        dep.update(rolloutState="COMPLETED", runningCount=dep["desiredCount"], pendingCount=0, failedTasks=0)
-        self.svc.deployments[:] = [dep]
+        """Mark every service's current deployment COMPLETED with all tasks running (initial state)."""
+        for name in self.services:
+            svc = self.svc(name)
+            dep = svc.deployments[0]
+            dep.update(
+                rolloutState="COMPLETED", runningCount=dep["desiredCount"], pendingCount=0, failedTasks=0
+            )
+            svc.deployments[:] = [dep]
+            self.deployed[name] = svc.task_definition
 
-    def _primary(self) -> dict[str, Any]:
-        return next(d for d in self.svc.deployments if d["status"] == "PRIMARY")
+    def release_tasks(self) -> list[Any]:
+        return [
+            t for t in self.backend.tasks.get(self.cluster, {}).values() if t.started_by == RELEASE_STARTED_BY
+        ]
 
-    def _new_deployment(self, task_definition: str, scenario: str) -> None:
-        for dep in self.svc.deployments:
+    @staticmethod
+    def _primary(svc: Any) -> dict[str, Any] | None:
+        return next((d for d in svc.deployments if d["status"] == "PRIMARY"), None)
+
+    def _new_deployment(self, svc: Any, task_definition: str, scenario: str) -> None:
+        for dep in svc.deployments:
             dep["status"] = "ACTIVE"
-        template = copy.deepcopy(self.svc.deployments[0])
+        first = {"launchType": svc.launch_type, "platformVersion": svc.platform_version}
+        template = copy.deepcopy(svc.deployments[0]) if svc.deployments else first
         now = datetime.datetime.now(datetime.timezone.utc)
         template.update(
             id=f"ecs-svc/{next(self.ids):019d}",
             status="PRIMARY",
             taskDefinition=task_definition,
-            desiredCount=self.svc.desired_count,
+            desiredCount=svc.desired_count,
             runningCount=0,
-            pendingCount=self.svc.desired_count,
+            pendingCount=svc.desired_count,
             failedTasks=0,
             rolloutState="IN_PROGRESS",
             rolloutStateReason="ECS deployment in progress.",
             createdAt=now,
             updatedAt=now,
         )
-        self.svc.deployments.insert(0, template)
+        svc.deployments.insert(0, template)
         self.active[template["id"]] = scenario
+        self.deployed[svc.name] = task_definition
+
+    def _model_release_tasks(self) -> None:
+        """List every container of a one-off task; the overridden (app) container exits as configured."""
+        for task in self.release_tasks():
+            if task.id in self.modeled:
+                continue
+            self.modeled.add(task.id)
+            definition = self.backend.describe_task_definition(task.task_definition_arn)
+            app = task.overrides["containerOverrides"][0]["name"]
+            first = task.containers[0]
+            task.containers = []
+            for spec in definition.container_definitions:
+                container = copy.copy(first)
+                container.name, container.image = spec["name"], spec.get("image")
+                container.exitCode = 1 if self.fail_release and spec["name"] == app else 0
+                task.containers.append(container)
+            if self.fail_release:
+                task.stopped_reason = "Essential container in task exited"
 
     def tick(self) -> None:
-        if self.fail_migrations:
-            for task in self.backend.tasks.get(self.cluster, {}).values():
-                if task.started_by == "conveyor-migrate":
-                    for container in task.containers:
-                        container.exitCode = 1
-                    task.stopped_reason = "Essential container in task exited"
-        primary = self._primary()
-        if self.svc.task_definition != primary["taskDefinition"]:
-            # update_service happened: a new PRIMARY deployment of the service's task definition.
-            self._new_deployment(
-                self.svc.task_definition, self.scenarios.popleft() if self.scenarios else "succeed"
-            )
+        self._model_release_tasks()
+        for name in self.services:
+            self._tick(name)
+
+    def _tick(self, name: str) -> None:
+        svc = self.svc(name)
+        if svc.task_definition != self.deployed.get(name):
+            # update_service changed the task definition: a new PRIMARY deployment of it.
+            queue = self.scenarios[name]
+            self._new_deployment(svc, svc.task_definition, queue.popleft() if queue else "succeed")
+            return
+        primary = self._primary(svc)
+        if primary is None:
             return
         scenario = self.active.get(primary["id"])
         if scenario is None or primary["rolloutState"] != "IN_PROGRESS":
@@ -122,7 +161,7 @@ class EcsRollout:
             primary["pendingCount"] = desired - primary["runningCount"]
             if primary["runningCount"] == desired:
                 primary.update(rolloutState="COMPLETED", rolloutStateReason="ECS deployment completed.")
-                self.svc.deployments[:] = [primary]  # the old deployment has drained
+                svc.deployments[:] = [primary]  # the old deployment has drained
         elif scenario in ("fail", "ecs-rollback"):
             primary["failedTasks"] += 1
             threshold = min(200, max(3, desired // 2))
@@ -132,14 +171,16 @@ class EcsRollout:
                     rolloutState="FAILED",
                     rolloutStateReason="ECS deployment circuit breaker: tasks failed to start.",
                 )
-                last_good = next(d for d in self.svc.deployments[1:] if d["rolloutState"] == "COMPLETED")
-                self.svc.task_definition = last_good["taskDefinition"]
-                self._new_deployment(last_good["taskDefinition"], "succeed")
+                last_good = next(d for d in svc.deployments[1:] if d["rolloutState"] == "COMPLETED")
+                svc.task_definition = last_good["taskDefinition"]
+                self._new_deployment(svc, last_good["taskDefinition"], "succeed")
         # "stuck": stays IN_PROGRESS with nothing running.
 
     def probe(self, url: str) -> dict[str, object]:
-        """/version as the service answers it: tasks of the PRIMARY deployment once it completed."""
-        primary = self._primary()
+        """/version as the HTTP service answers it: tasks of its PRIMARY deployment."""
+        primary = self._primary(self.svc(self.services[0]))
+        if primary is None:
+            return {}
         definition = self.backend.describe_task_definition(primary["taskDefinition"])
         tags = {t["key"]: t["value"] for t in (definition.tags or [])}
         return {"git_sha": tags.get("conveyor:git-sha", "unknown")}

@@ -1,4 +1,8 @@
-"""The ECS target against moto server over HTTP, with tests/ecs_harness.py playing ECS's rollouts."""
+"""The ECS target against moto server over HTTP, with tests/ecs_harness.py playing ECS's rollouts.
+
+The project deploys two processes (web: HTTP, worker: a command with a healthcheck) to two services, and
+runs a release command first.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from conveyor.aws import AwsClients
 from conveyor.deploy.ecs import EcsApi, EcsDeployTarget, SsmLock, load_template
 from conveyor.deploy.journal import FileJournal
 from conveyor.deploy.model import Deployer, DeployFailed, LockHeld, Owner, Release
+from conveyor.errors import ConfigError
 from conveyor.runner import Runner
 from tests.conftest import REPO, Project, engine_missing
 from tests.ecs_harness import EcsRollout
@@ -27,6 +32,24 @@ pytestmark = pytest.mark.aws
 REGION = "eu-west-1"
 SENTINEL = f"sentinel-db-password-{uuid.uuid4().hex}"
 OLD_SHA, NEW_SHA = "a" * 40, "b" * 40
+OLD_IMAGE = "registry.example.test/team/conveyor-demo@sha256:" + "1" * 64
+SERVICES = {"web": "web", "worker": "web-worker"}  # process -> service (the worker's is the default name)
+INVOKE_YAML = """
+conveyor:
+  project:
+    name: conveyor-demo
+  image:
+    name: conveyor-demo
+  processes:
+    web:
+      command: [python, -m, app, serve]
+      port: 8000
+    worker:
+      command: [python, -m, app, worker]
+      healthcheck: [python, -m, app, healthcheck-worker]
+  release:
+    command: [python, -m, app, migrate]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +89,24 @@ class Ecs:
     api: EcsApi
     harness: EcsRollout
     boto: Any
-    old_arn: str
-    family: str
+    old_arns: dict[str, str]  # process -> the task definition its service ran before the test
+    families: dict[str, str]  # process -> task definition family
+
+    @property
+    def cluster(self) -> str:
+        return self.cfg.env.ecs.cluster
+
+    def reload(self) -> None:
+        """Read the project's configuration again (after a test edited a file)."""
+        self.cfg = config.load(self.project.root, "staging", environ=os.environ)
 
     def target(self, **kwargs: Any) -> EcsDeployTarget:
-        template = load_template(self.project.root / "deploy/ecs/taskdef.yaml")
+        path = self.project.root / self.cfg.env.ecs.task_definition
         return EcsDeployTarget(
             Runner(out=io.StringIO()),
             self.api,
             self.cfg,
-            template=template,
+            template=load_template(path),
             deployer="tester",
             sleep=self.harness.sleep,
             clock=self.harness.clock,
@@ -90,16 +121,31 @@ class Ecs:
             env="staging",
             timeout=120,
             lock_ttl=600,
+            contract=self.cfg.app,
+            url=self.cfg.env.url,
             probe=self.harness.probe,
             clock=self.harness.clock,
             sleep=self.harness.sleep,
         )
 
-    def primary_td(self) -> str:
-        service = self.boto("ecs").describe_services(cluster=self.cfg.env.ecs.cluster, services=["web"])[
-            "services"
-        ][0]
-        return next(d["taskDefinition"] for d in service["deployments"] if d["status"] == "PRIMARY")
+    def service(self, process: str) -> dict[str, Any]:
+        out = self.boto("ecs").describe_services(cluster=self.cluster, services=[SERVICES[process]])
+        return dict(out["services"][0])
+
+    def primary_td(self, process: str) -> str:
+        deployments = self.service(process)["deployments"]
+        return str(next(d["taskDefinition"] for d in deployments if d["status"] == "PRIMARY"))
+
+    def definition(self, process: str) -> dict[str, Any]:
+        """The task definition the process's PRIMARY deployment runs."""
+        return self.api.describe_task_definition(self.primary_td(process))[0]
+
+    def unchanged(self) -> None:
+        """Every service still runs what it ran, alone, and no deployment was started."""
+        for process, arn in self.old_arns.items():
+            svc = self.harness.svc(SERVICES[process])
+            assert svc.task_definition == arn, process
+            assert len(svc.deployments) == 1, process
 
 
 def env_yaml(endpoint: str, cluster: str) -> str:
@@ -120,16 +166,27 @@ secrets:
 """
 
 
+def old_definition(family: str, **container: Any) -> dict[str, Any]:
+    return {
+        "family": family,
+        "containerDefinitions": [{"name": "web", "image": OLD_IMAGE, "memory": 512, **container}],
+        "requiresCompatibilities": ["FARGATE"],
+        "networkMode": "awsvpc",
+        "cpu": "256",
+        "memory": "512",
+        "tags": [{"key": "conveyor:git-sha", "value": OLD_SHA}],
+    }
+
+
 @pytest.fixture
 def ecs(moto_endpoint: str, tmp_path: Path) -> Iterator[Ecs]:
     cluster = f"c-{uuid.uuid4().hex[:8]}"
     project = Project(tmp_path)
     project.write("tasks.py", "from conveyor.tasks import namespace\n\nns = namespace()\n")
-    project.write(
-        "invoke.yaml", "conveyor:\n  project:\n    name: conveyor-demo\n  image:\n    name: conveyor-demo\n"
-    )
+    project.write("invoke.yaml", INVOKE_YAML)
     project.write("deploy/environments/staging.yaml", env_yaml(moto_endpoint, cluster))
     family = f"conveyor-demo-{cluster}"  # one family per test: revision numbers start at 1
+    families = {"web": family, "worker": f"{family}-worker"}
     template = (
         (REPO / "deploy/ecs/taskdef.yaml").read_text().replace("family: conveyor-demo", f"family: {family}")
     )
@@ -148,33 +205,29 @@ def ecs(moto_endpoint: str, tmp_path: Path) -> Iterator[Ecs]:
         Name="/conveyor/staging/redis-url", Value="redis://cache:6379/0", Type="SecureString", Overwrite=True
     )
     boto("ecs").create_cluster(clusterName=cluster)
-    old = boto("ecs").register_task_definition(
-        family=family,
-        containerDefinitions=[
-            {
-                "name": "web",
-                "image": "registry.example.test/team/conveyor-demo@sha256:" + "1" * 64,
-                "memory": 512,
-            }
-        ],
-        requiresCompatibilities=["FARGATE"],
-        networkMode="awsvpc",
-        cpu="256",
-        memory="512",
-        tags=[{"key": "conveyor:git-sha", "value": OLD_SHA}],
-    )["taskDefinition"]["taskDefinitionArn"]
-    boto("ecs").create_service(
-        cluster=cluster,
-        serviceName="web",
-        taskDefinition=old,
-        desiredCount=2,
-        launchType="FARGATE",
-        networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group]}},
-    )
-    harness = EcsRollout(REGION, cluster, "web")
+    # The web revision has a variable the new one drops (a removal the plan must show).
+    old = {
+        "web": old_definition(family, environment=[{"name": "OLD_ONLY", "value": "1"}]),
+        "worker": old_definition(families["worker"]),
+    }
+    old_arns = {}
+    for process, definition in old.items():
+        old_arns[process] = boto("ecs").register_task_definition(**definition)["taskDefinition"][
+            "taskDefinitionArn"
+        ]
+        boto("ecs").create_service(
+            cluster=cluster,
+            serviceName=SERVICES[process],
+            taskDefinition=old_arns[process],
+            desiredCount=2 if process == "web" else 1,
+            launchType="FARGATE",
+            platformVersion="1.4.0",
+            networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group]}},
+        )
+    harness = EcsRollout(REGION, cluster, [SERVICES["web"], SERVICES["worker"]])
     harness.settle()
     try:
-        yield Ecs(project, cfg, EcsApi(clients), harness, boto, old, family)
+        yield Ecs(project, cfg, EcsApi(clients), harness, boto, old_arns, families)
     finally:
         harness.close()
 
@@ -182,96 +235,169 @@ def ecs(moto_endpoint: str, tmp_path: Path) -> Iterator[Ecs]:
 NEW = Release("registry.example.test/team/conveyor-demo@sha256:" + "2" * 64, NEW_SHA)
 
 
-def test_plan_shows_the_diff_and_never_a_secret_value(ecs: Ecs) -> None:
+def test_plan_shows_the_diff_of_every_process_and_never_a_secret_value(ecs: Ecs) -> None:
     plan = ecs.target().plan(NEW)
     text = "\n".join(plan.render())
     assert plan.current is not None
     assert plan.current.git_sha == OLD_SHA
-    assert "~ image: registry.example.test/team/conveyor-demo@sha256:1111" in text
-    assert "~ secret DATABASE_URL (valueFrom): - -> arn:aws:secretsmanager:" in text
+    assert plan.current.ref == ecs.old_arns["web"]
+    for process in ("web", "worker"):
+        assert f"~ {process}: image: {OLD_IMAGE} -> {NEW.image}" in text
+        assert f"~ {process}: secret DATABASE_URL (valueFrom): - -> arn:aws:secretsmanager:" in text
+        assert f"~ {process}: service deploymentCircuitBreaker" in text
+    assert "~ web: command: (the image CMD) -> python -m app serve" in text
+    assert "~ worker: command: (the image CMD) -> python -m app worker" in text
+    assert "~ web: env OLD_ONLY: 1 -> (removed)" in text
+    assert "~ worker: healthCheck: - -> CMD python -m app healthcheck-worker" in text
+    assert "~ worker: ports" not in text
     assert ":url::" in text
-    assert "~ service deploymentCircuitBreaker" in text
+    assert f"step: register task definitions {ecs.families['web']}, {ecs.families['worker']}" in text
+    assert (
+        f"step: run_task {ecs.families['web']} (FARGATE 1.4.0), container web: python -m app migrate" in text
+    )
+    assert f"step: update_service {ecs.cluster}/web-worker (worker)" in text
     assert SENTINEL not in text
-    assert SENTINEL not in json.dumps(plan.detail)
+    assert SENTINEL not in json.dumps([r.definition for r in plan.detail.processes])
+    ecs.unchanged()
 
 
-def test_deploy_registers_migrates_updates_and_waits_for_our_primary(ecs: Ecs) -> None:
-    ecs.harness.scenarios.extend(["succeed"])
+def test_deploy_runs_the_release_command_then_moves_every_service_to_its_new_revision(ecs: Ecs) -> None:
     target = ecs.target()
     ecs.deployer(target).deploy(NEW)
-    primary = ecs.primary_td()
-    definition, tags = ecs.api.describe_task_definition(primary)
-    assert definition["containerDefinitions"][0]["image"] == NEW.image
-    assert tags["conveyor:git-sha"] == NEW_SHA
-    assert tags["conveyor:deployer"] == "tester"
-    assert SENTINEL not in json.dumps(definition, default=str)
-    secrets = {s["name"]: s["valueFrom"] for s in definition["containerDefinitions"][0]["secrets"]}
-    assert secrets["REDIS_URL"] == "/conveyor/staging/redis-url"
-    migrations = [
-        t
-        for t in ecs.harness.backend.tasks[ecs.cfg.env.ecs.cluster].values()
-        if t.started_by == "conveyor-migrate"
+    web, worker = ecs.definition("web"), ecs.definition("worker")
+    assert web["family"] == ecs.families["web"]
+    assert worker["family"] == ecs.families["worker"]
+    for process in ("web", "worker"):
+        assert ecs.primary_td(process) != ecs.old_arns[process]
+        definition, tags = ecs.api.describe_task_definition(ecs.primary_td(process))
+        app = definition["containerDefinitions"][0]
+        assert app["image"] == NEW.image
+        assert tags["conveyor:git-sha"] == NEW_SHA
+        assert tags["conveyor:deployer"] == "tester"
+        assert tags["conveyor:process"] == process
+        assert SENTINEL not in json.dumps(definition, default=str)
+        secrets = {s["name"]: s["valueFrom"] for s in app["secrets"]}
+        assert secrets["REDIS_URL"] == "/conveyor/staging/redis-url"
+        env = {e["name"]: e["value"] for e in app["environment"]}
+        assert env["IMAGE_DIGEST"] == NEW.image
+        assert app["logConfiguration"]["options"]["awslogs-stream-prefix"] == process
+        assert ecs.service(process)["deploymentConfiguration"]["deploymentCircuitBreaker"] == {
+            "enable": True,
+            "rollback": True,
+        }
+    web_app, worker_app = web["containerDefinitions"][0], worker["containerDefinitions"][0]
+    assert web_app["command"] == ["python", "-m", "app", "serve"]
+    assert web_app["portMappings"][0]["containerPort"] == 8000
+    assert "urlopen" in " ".join(web_app["healthCheck"]["command"])
+    assert worker_app["command"] == ["python", "-m", "app", "worker"]
+    assert not worker_app.get("portMappings")
+    assert worker_app["healthCheck"]["command"] == ["CMD", "python", "-m", "app", "healthcheck-worker"]
+    # The release command: one task of web's NEW revision, launched like the web service.
+    (release,) = ecs.harness.release_tasks()
+    assert release.task_definition_arn == ecs.primary_td("web")
+    assert release.overrides["containerOverrides"] == [
+        {"name": "web", "command": ["python", "-m", "app", "migrate"]}
     ]
-    assert len(migrations) == 1
-    assert migrations[0].overrides["containerOverrides"][0]["command"] == ["python", "-m", "app", "migrate"]
+    assert release.launch_type == "FARGATE"
+    assert release.platform_version == "1.4.0"
+    subnets = ecs.service("web")["networkConfiguration"]["awsvpcConfiguration"]["subnets"]
+    assert release.network_configuration["awsvpcConfiguration"]["subnets"] == subnets
     journal = FileJournal(ecs.project.root, "staging").entries()
     assert [(e["action"], e["result"], e["git_sha"]) for e in journal] == [("deploy", "succeeded", NEW_SHA)]
-    assert target.current() is not None
-    assert target.current().git_sha == NEW_SHA  # type: ignore[union-attr]
-    svc = ecs.boto("ecs").describe_services(cluster=ecs.cfg.env.ecs.cluster, services=["web"])["services"][0]
-    assert svc["deploymentConfiguration"]["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+    current = target.current()
+    assert current is not None
+    assert (current.ref, current.git_sha) == (ecs.primary_td("web"), NEW_SHA)
 
 
-def test_live_history_lists_revisions_with_their_tags(ecs: Ecs) -> None:
-    ecs.harness.scenarios.extend(["succeed"])
+def test_live_history_lists_each_family_with_its_tags(ecs: Ecs) -> None:
     target = ecs.target()
     ecs.deployer(target).deploy(NEW)
     lines = target.live_history()
-    assert lines[0].startswith(f"* {ecs.family}:2")
-    assert NEW_SHA[:12] in lines[0]
-    assert "tester" in lines[0]
-    assert lines[1].startswith(f"  {ecs.family}:1")
-    assert OLD_SHA[:12] in lines[1]
+    web, worker = ecs.families["web"], ecs.families["worker"]
+    assert lines[0] == f"web (service web, family {web}):"
+    assert lines[1].startswith(f"  * {web}:2")
+    assert NEW_SHA[:12] in lines[1]
+    assert "tester" in lines[1]
+    assert lines[2].startswith(f"    {web}:1")
+    assert OLD_SHA[:12] in lines[2]
+    assert lines[3] == f"worker (service web-worker, family {worker}):"
+    assert lines[4].startswith(f"  * {worker}:2")
+    assert lines[5].startswith(f"    {worker}:1")
+    assert len(lines) == 6  # the prefix-matching family list did not mix the two families
 
 
-def test_failing_tasks_fail_fast_and_our_rollback_wins(ecs: Ecs) -> None:
-    ecs.harness.scenarios.extend(["fail", "succeed"])
+def test_a_failing_worker_rolls_every_service_back(ecs: Ecs) -> None:
+    ecs.harness.scenarios["web"].extend(["succeed", "succeed"])
+    ecs.harness.scenarios["web-worker"].extend(["fail", "succeed"])
     with pytest.raises(DeployFailed) as exc:
         ecs.deployer(ecs.target()).deploy(NEW)
-    assert f"failed at wait (3 tasks of {ecs.family}:2 failed to start (limit 3))" in str(exc.value)
+    worker = ecs.families["worker"]
+    assert f"failed at wait (worker: 3 tasks of {worker}:2 failed to start (limit 3))" in str(exc.value)
     assert str(exc.value).endswith(f"rolled back: serving {OLD_SHA[:12]} again (verified)")
-    assert ecs.primary_td() == ecs.old_arn
+    assert ecs.primary_td("web") == ecs.old_arns["web"]
+    assert ecs.primary_td("worker") == ecs.old_arns["worker"]
+    for process in ("web", "worker"):
+        assert len(ecs.service(process)["deployments"]) == 1
     journal = FileJournal(ecs.project.root, "staging").entries()
     assert [(e["action"], e["result"]) for e in journal] == [("deploy", "failed"), ("rollback", "succeeded")]
 
 
 def test_ecs_circuit_breaker_rollback_is_a_failure_not_a_success(ecs: Ecs) -> None:
-    ecs.harness.scenarios.extend(["ecs-rollback"])
+    ecs.harness.scenarios["web"].extend(["ecs-rollback"])
     with pytest.raises(DeployFailed) as exc:
         ecs.deployer(ecs.target(max_failed_tasks=50)).deploy(NEW)
-    assert f"ECS rolled the deployment back to {ecs.family}:1 (circuit breaker)" in str(exc.value)
+    assert f"web: ECS rolled the deployment back to {ecs.families['web']}:1 (circuit breaker)" in str(
+        exc.value
+    )
     # What the "services stable" waiter would have accepted: one deployment, all running. Still a failure.
-    svc = ecs.boto("ecs").describe_services(cluster=ecs.cfg.env.ecs.cluster, services=["web"])["services"][0]
-    assert svc["deployments"][0]["taskDefinition"] == ecs.old_arn
-    assert ecs.primary_td() == ecs.old_arn
+    assert ecs.service("web")["deployments"][0]["taskDefinition"] == ecs.old_arns["web"]
+    assert ecs.primary_td("web") == ecs.old_arns["web"]
+    assert ecs.primary_td("worker") == ecs.old_arns["worker"]  # ours rolled the worker back too
 
 
 def test_timeout_rolls_back(ecs: Ecs) -> None:
-    ecs.harness.scenarios.extend(["stuck", "succeed"])
+    ecs.harness.scenarios["web-worker"].extend(["stuck", "succeed"])
     with pytest.raises(DeployFailed) as exc:
         ecs.deployer(ecs.target()).deploy(NEW)
-    assert f"failed at wait (timed out: {ecs.family}:2: rollout IN_PROGRESS, 0/2 running" in str(exc.value)
+    worker = ecs.families["worker"]
+    assert f"failed at wait (timed out: worker: {worker}:2 rollout IN_PROGRESS, 0/1 running" in str(exc.value)
     assert str(exc.value).endswith(f"rolled back: serving {OLD_SHA[:12]} again (verified)")
-    assert ecs.primary_td() == ecs.old_arn
+    assert ecs.primary_td("web") == ecs.old_arns["web"]
+    assert ecs.primary_td("worker") == ecs.old_arns["worker"]
 
 
-def test_failed_migration_leaves_the_service_untouched(ecs: Ecs) -> None:
-    ecs.harness.fail_migrations = True
+def test_a_failing_release_command_leaves_every_service_untouched(ecs: Ecs) -> None:
+    ecs.harness.fail_release = True
     with pytest.raises(DeployFailed) as exc:
         ecs.deployer(ecs.target()).deploy(NEW)
-    assert "failed before apply (migration task exited with 1" in str(exc.value)
-    assert ecs.harness.svc.task_definition == ecs.old_arn  # update_service was never called
-    assert len(ecs.harness.svc.deployments) == 1
+    assert "failed before apply (release command exited with 1 (Essential container in task exited))" in str(
+        exc.value
+    )
+    ecs.unchanged()  # update_service was never called
+    journal = FileJournal(ecs.project.root, "staging").entries()
+    assert [(e["action"], e["result"]) for e in journal] == [("deploy", "failed")]
+
+
+def test_a_release_command_that_outlives_the_timeout_is_stopped(ecs: Ecs) -> None:
+    # moto's task needs four DescribeTasks to reach STOPPED; with timeout 0 the second one is too late.
+    ecs.cfg = replace(ecs.cfg, env=replace(ecs.cfg.env, deploy=replace(ecs.cfg.env.deploy, timeout=0)))
+    with pytest.raises(DeployFailed) as exc:
+        ecs.deployer(ecs.target()).deploy(NEW)
+    (release,) = ecs.harness.release_tasks()
+    assert f"release task {release.id} did not stop within 0s (stopped it)" in str(exc.value)
+    assert release.stopped_reason == "conveyor: did not finish within 0s"
+    ecs.unchanged()
+
+
+def test_nothing_serving_before_stops_what_ran_nothing_and_restores_the_rest(ecs: Ecs) -> None:
+    ecs.harness.svc("web").deployments[:] = []  # the web service has run nothing yet
+    ecs.harness.scenarios["web-worker"].extend(["fail", "succeed"])
+    with pytest.raises(DeployFailed) as exc:
+        ecs.deployer(ecs.target()).deploy(NEW)
+    assert str(exc.value).endswith("nothing was serving before, and the failed revision was stopped")
+    assert ecs.harness.svc("web").desired_count == 0
+    assert ecs.primary_td("worker") == ecs.old_arns["worker"]
+    assert len(ecs.service("worker")["deployments"]) == 1
 
 
 def test_lock_is_atomic_and_a_second_deploy_is_refused(ecs: Ecs) -> None:
@@ -283,18 +409,78 @@ def test_lock_is_atomic_and_a_second_deploy_is_refused(ecs: Ecs) -> None:
     target = ecs.target()
     with pytest.raises(LockHeld):
         ecs.deployer(target).deploy(NEW)
-    assert ecs.primary_td() == ecs.old_arn
+    ecs.unchanged()
     first.release(alice)
     assert first.holder() is None
 
 
-def test_old_revisions_are_deregistered_keeping_the_newest(ecs: Ecs) -> None:
+def test_old_revisions_are_deregistered_per_family_keeping_the_newest(ecs: Ecs) -> None:
     for i in range(6):
-        ecs.harness.scenarios.append("succeed")
         ecs.deployer(ecs.target()).deploy(Release(NEW.image[:-1] + str(i), f"{i}" * 40))
-    active = ecs.api.list_task_definitions(ecs.family)
-    assert len(active) == ecs.cfg.env.deploy.keep_revisions
-    assert active[-1] == ecs.primary_td()
+    for process, family in ecs.families.items():
+        active = ecs.api.list_task_definitions(family)
+        assert len(active) == ecs.cfg.env.deploy.keep_revisions, process
+        assert active[-1] == ecs.primary_td(process)
+
+
+def test_housekeeping_never_deregisters_a_revision_a_service_runs(ecs: Ecs) -> None:
+    ecs.cfg = replace(ecs.cfg, env=replace(ecs.cfg.env, deploy=replace(ecs.cfg.env.deploy, keep_revisions=2)))
+    target = ecs.target()
+    plan = target.plan(NEW)
+    for family in ecs.families.values():
+        for _ in range(3):  # revisions 2..4 that no service runs
+            ecs.boto("ecs").register_task_definition(**{**old_definition(family), "tags": []})
+    target.finish(plan)
+    for process, family in ecs.families.items():
+        kept = [arn.rsplit(":", 1)[1] for arn in ecs.api.list_task_definitions(family)]
+        assert kept == ["1", "3", "4"], process  # 1 is what the service runs
+
+
+def test_a_sidecar_keeps_its_image_and_only_the_app_container_gets_env_and_secrets(ecs: Ecs) -> None:
+    family = ecs.families["web"]
+    ecs.project.write(
+        "deploy/ecs/taskdef.yaml",
+        f"""
+        family: {family}
+        requiresCompatibilities: [FARGATE]
+        networkMode: awsvpc
+        cpu: "256"
+        memory: "512"
+        containerDefinitions:
+          - name: proxy
+            image: envoyproxy/envoy:v1.30.1
+            essential: true
+            memory: 128
+            environment:
+              - {{name: ENVOY_LOG_LEVEL, value: warn}}
+          - name: app
+            essential: true
+            memory: 384
+            portMappings:
+              - {{containerPort: 8000}}
+            environment:
+              - {{name: LOG_LEVEL, value: debug}}
+              - {{name: FROM_TEMPLATE, value: "yes"}}
+            secrets:
+              - {{name: SENTRY_DSN, valueFrom: "arn:aws:ssm:{REGION}:123456789012:parameter/sentry"}}
+        """,
+    )
+    path = ecs.project.root / "deploy/environments/staging.yaml"
+    path.write_text(path.read_text().replace("  service: web\n", "  service: web\n  container: app\n"))
+    ecs.reload()
+    ecs.deployer(ecs.target()).deploy(NEW)
+    for process in ("web", "worker"):
+        proxy, app = ecs.definition(process)["containerDefinitions"]
+        assert proxy["name"] == "proxy"
+        assert proxy["image"] == "envoyproxy/envoy:v1.30.1"
+        assert proxy["environment"] == [{"name": "ENVOY_LOG_LEVEL", "value": "warn"}]
+        assert not proxy.get("secrets")
+        assert app["image"] == NEW.image
+        env = {e["name"]: e["value"] for e in app["environment"]}
+        assert env == {"LOG_LEVEL": "info", "FROM_TEMPLATE": "yes", "IMAGE_DIGEST": NEW.image}
+        assert sorted(s["name"] for s in app["secrets"]) == ["DATABASE_URL", "REDIS_URL", "SENTRY_DSN"]
+    (release,) = ecs.harness.release_tasks()
+    assert release.overrides["containerOverrides"][0]["name"] == "app"
 
 
 # --- the command line ----------------------------------------------------------------------------
@@ -316,18 +502,23 @@ def write_release(project: Project) -> None:
     )
 
 
+def registered(ecs: Ecs) -> dict[str, list[str]]:
+    return {family: ecs.api.list_task_definitions(family) for family in ecs.families.values()}
+
+
 def test_cli_plan_and_dry_deploy_print_a_truthful_plan_and_change_nothing(ecs: Ecs) -> None:
     write_release(ecs.project)
-    before = ecs.api.list_task_definitions(ecs.family)
+    before = registered(ecs)
     for args in (["plan", "--env", "staging"], ["--dry", "deploy", "--env", "staging"]):
         result = ecs.project.invoke(*args)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "plan for staging (target ecs)" in result.stdout
         assert f"deploying   : {NEW_SHA[:12]} ({NEW.image})" in result.stdout
         assert f"serving now : {OLD_SHA[:12]}" in result.stdout
+        assert "~ worker: image:" in result.stdout
         assert SENTINEL not in result.stdout + result.stderr
-    assert ecs.api.list_task_definitions(ecs.family) == before
-    assert ecs.primary_td() == ecs.old_arn
+    assert registered(ecs) == before
+    ecs.unchanged()
 
 
 @pytest.mark.parametrize(
@@ -340,6 +531,15 @@ def test_cli_plan_and_dry_deploy_print_a_truthful_plan_and_change_nothing(ecs: E
         (('cpu: "256"', 'cpu: "256"\nmemmory: "512"'), "unknown key `memmory`; did you mean `memory`?"),
         (('memory: "512"', 'memory: "4096"'), "Fargate cpu 256 allows memory 512-2048 MiB"),
         (("service: web", "service: ''"), "target ecs needs key `ecs.service`"),
+        (
+            ("service: web", "service: web\n  container: nope"),
+            "deploy/ecs/taskdef.yaml: ecs.container `nope` names no container of the template "
+            "(containers: web)",
+        ),
+        (
+            ("service: web", "service: web\n  task_definition: deploy/ecs/missing.yaml"),
+            "deploy/ecs/missing.yaml: no such task definition template",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_any_api_call(ecs: Ecs, edit: tuple[str, str], message: str) -> None:
@@ -350,10 +550,49 @@ def test_bad_input_is_refused_before_any_api_call(ecs: Ecs, edit: tuple[str, str
         text = path.read_text().replace(ecs.cfg.env.ecs.endpoint_url, "http://127.0.0.1:9")
         path.write_text(text.replace(*edit))
     result = ecs.project.invoke("deploy", "--env", "staging")
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
+
+
+def test_an_unknown_app_container_changes_nothing_in_aws(ecs: Ecs) -> None:
+    write_release(ecs.project)
+    path = ecs.project.root / "deploy/environments/staging.yaml"
+    path.write_text(path.read_text().replace("  service: web\n", "  service: web\n  container: nope\n"))
+    before = registered(ecs)
+    result = ecs.project.invoke("deploy", "--env", "staging")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "conveyor: deploy/ecs/taskdef.yaml: ecs.container `nope` names no container of the template "
+        "(containers: web)"
+    )
+    assert registered(ecs) == before
+    assert ecs.harness.release_tasks() == []
+    assert SsmLock(ecs.api, "staging").holder() is None
+    ecs.unchanged()
+
+
+def test_a_process_without_a_service_is_refused_before_anything_is_registered(ecs: Ecs) -> None:
+    ecs.project.write("invoke.yaml", INVOKE_YAML.replace("  release:", "    beat: {}\n  release:"))
+    ecs.reload()
+    before = registered(ecs)
+    message = (
+        f"process beat: ECS service web-beat does not exist in cluster {ecs.cluster} "
+        "(create it, or map the process in `ecs.services`)"
+    )
+    with pytest.raises(ConfigError) as exc:
+        ecs.deployer(ecs.target()).deploy(NEW)
+    assert str(exc.value) == message
+    assert SsmLock(ecs.api, "staging").holder() is None  # the lock was released
+    write_release(ecs.project)
+    result = ecs.project.invoke("plan", "--env", "staging")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"conveyor: {message}"
+    assert registered(ecs) == before
+    assert ecs.api.list_task_definitions(f"{ecs.families['web']}-beat") == []
+    assert ecs.harness.release_tasks() == []
+    ecs.unchanged()
 
 
 def test_no_credentials_and_no_endpoint(ecs: Ecs, tmp_path: Path) -> None:

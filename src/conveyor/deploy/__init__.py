@@ -31,8 +31,9 @@ def target_for(cfg: Config, runner: Runner, image: str) -> Target:
         from conveyor.deploy import ecs
         from conveyor.deploy.model import Owner
 
-        template = ecs.load_template(cfg.root / ecs.TEMPLATE)
-        ecs.check_static(cfg, template)
+        path, name = ecs.template_path(cfg)
+        template = ecs.load_template(path, name=name)
+        ecs.check_static(cfg, template)  # every offline check, before any AWS client exists
         return ecs.EcsDeployTarget(runner, _ecs_api(cfg), cfg, template=template, deployer=Owner.here("").who)
     if cfg.env.target == "k8s":
         from conveyor.deploy import k8s

@@ -1,0 +1,54 @@
+"""The ECS target (boto3): ``api`` wraps the AWS calls and the SSM lock, ``render`` turns the template and
+the app contract into one task definition per process (offline checks, diff), ``target`` is the deploy
+model's Target over both. Importing this package imports neither boto3 nor botocore.
+"""
+
+from __future__ import annotations
+
+from conveyor.deploy.ecs.api import EcsApi, SsmLock
+from conveyor.deploy.ecs.render import (
+    FARGATE_SIZES,
+    TAG_DEPLOYER,
+    TAG_PROCESS,
+    TAG_SHA,
+    TAG_VERSION,
+    Inputs,
+    anchor,
+    app_container,
+    check_fargate,
+    check_static,
+    diff,
+    family_names,
+    load_template,
+    render,
+    render_all,
+    service_names,
+    template_path,
+)
+from conveyor.deploy.ecs.target import EcsDeployTarget, EcsPlan, ProcessRollout, run_task_launch
+
+__all__ = [
+    "FARGATE_SIZES",
+    "TAG_DEPLOYER",
+    "TAG_PROCESS",
+    "TAG_SHA",
+    "TAG_VERSION",
+    "EcsApi",
+    "EcsDeployTarget",
+    "EcsPlan",
+    "Inputs",
+    "ProcessRollout",
+    "SsmLock",
+    "anchor",
+    "app_container",
+    "check_fargate",
+    "check_static",
+    "diff",
+    "family_names",
+    "load_template",
+    "render",
+    "render_all",
+    "run_task_launch",
+    "service_names",
+    "template_path",
+]
