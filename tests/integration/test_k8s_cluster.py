@@ -1,4 +1,5 @@
-"""The real Kubernetes flow against whatever cluster KUBECONFIG points at (kind, k3d, EKS, ...).
+"""The real Kubernetes flow against whatever cluster KUBECONFIG points at (kind, k3d, EKS, ...): the
+reference project's overlay and app contract (web and worker, the migrate release Job).
 
 No API server can run on the project's machines (no kind/k3s/envtest from the registries we reach), so
 there this module is SKIPPED with the reason printed - the one skip CI allows (see the k8s issue).
@@ -6,7 +7,8 @@ To run it:
     KUBECONFIG=... CONVEYOR_K8S_TEST_IMAGE=<registry>/conveyor-demo@sha256:... \\
     K8S_TEST_DATABASE_URL=postgresql://... K8S_TEST_REDIS_URL=redis://... nox -s integration -- -m k8s
 The image must be a build of this repo's app the cluster can pull, by digest; both URLs must be reachable
-from the cluster (readiness checks them). /version is read through `kubectl port-forward`.
+from the cluster (readiness checks them; the worker consumes Redis). /version is read through
+`kubectl port-forward`.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class PortForward:
 def test_deploy_to_a_real_cluster(cluster: str, tmp_path: Path) -> None:
     namespace = f"conveyor-test-{uuid.uuid4().hex[:6]}"
     shutil.copytree(REPO / "k8s", tmp_path / "k8s")
+    shutil.copy(REPO / "invoke.yaml", tmp_path / "invoke.yaml")  # the app contract: web + worker
     overlay = tmp_path / "k8s/overlays/production/kustomization.yaml"
     overlay.write_text(overlay.read_text().replace("conveyor-production", namespace))
     project = Project(tmp_path)
@@ -106,12 +109,23 @@ def test_deploy_to_a_real_cluster(cluster: str, tmp_path: Path) -> None:
             runner, KubeCtl(runner, namespace), cfg, deployer="k8s-test", resolver=resolver
         )
         journal = FileJournal(tmp_path, "production")
-        deployer = Deployer(target, runner, journal, "production", timeout=300, lock_ttl=600, probe=probe)
+        deployer = Deployer(
+            target, runner, journal, "production", timeout=300, lock_ttl=600, contract=cfg.app,
+            url=cfg.env.url, probe=probe,
+        )  # fmt: skip
         deployer.deploy(Release(cluster, sha))
         current = target.current()
         assert current is not None
         assert current.image == cluster
         assert journal.entries()[-1]["result"] == "succeeded"
+        kube = KubeCtl(runner, namespace)
+        for workload in target.workloads:  # every process runs the release, with its command
+            live = kube.get("deployment", workload.deployment)
+            assert live is not None
+            app = live["spec"]["template"]["spec"]["containers"][workload.index]
+            assert app["image"] == cluster
+            command = next(p.command for p in cfg.app.processes if p.name == workload.process)
+            assert app.get("args", []) == list(command)
     finally:
         probe.close()
         subprocess.run(["kubectl", "delete", "namespace", namespace, "--wait=false"], check=False)

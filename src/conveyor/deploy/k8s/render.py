@@ -1,0 +1,354 @@
+"""Rendering and offline validation: the overlay plus conveyor's wrapper kustomization, checked.
+
+The manifests are the project's; conveyor finds each process in them by a label and changes them only
+through a generated kustomization in build/k8s/<env>/ that points at the overlay by a RELATIVE path
+(kustomize refuses absolute resource roots), so committed files never change:
+
+- process P runs in the one Deployment labelled ``app.kubernetes.io/component: P``;
+- its app container is the container whose image is the placeholder ``k8s.image`` (sidecars keep theirs);
+- the wrapper sets the placeholder to the release image (by digest), the app container's ``args`` to the
+  process command when the contract gives one (``args``, not ``command``: the image's ENTRYPOINT stays),
+  and conveyor's annotations on each process's Deployment and pod template.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conveyor.config import AppContract, Config
+from conveyor.deploy.model import Release
+from conveyor.errors import ConfigError
+from conveyor.runner import Runner
+
+BUILD_DIR = Path("build/k8s")
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+KINDS = {
+    "ServiceAccount", "ConfigMap", "Secret", "Deployment", "Service", "Ingress", "HorizontalPodAutoscaler",
+    "PodDisruptionBudget", "NetworkPolicy", "Job",
+}  # fmt: skip
+COMPONENT = "app.kubernetes.io/component"
+RELEASE_COMPONENT = "release"  # the component label of the release Job's pods
+ANN_SHA, ANN_DIGEST, ANN_DEPLOYER = "conveyor.dev/git-sha", "conveyor.dev/image", "conveyor.dev/deployer"
+ANN_PROCESS = "conveyor.dev/process"
+CHANGE_CAUSE = "kubernetes.io/change-cause"
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+JOB_TTL = 3600  # seconds a finished release Job (and its log) stays for inspection
+NAME_MAX = 63  # a Job's name is also a label value (batch.kubernetes.io/job-name)
+
+
+class _Dumper(yaml.SafeDumper):
+    """The generated kustomization is read by people: block strings for the patches, no YAML aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _str)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Where one process runs: its Deployment, and the app container in the pod (name and position)."""
+
+    process: str
+    deployment: str
+    container: str
+    index: int
+
+
+def parse(stream: str) -> list[dict[str, Any]]:
+    return [obj for obj in yaml.safe_load_all(stream) if obj]
+
+
+def image_name(ref: str) -> str:
+    """``host:5000/team/app:tag@sha256:..`` -> ``host:5000/team/app``: what kustomize `images:` matches."""
+    name = ref.split("@", 1)[0]
+    return name[: name.rfind(":")] if name.rfind(":") > name.rfind("/") else name
+
+
+def split_image(image: str, placeholder: str) -> dict[str, str]:
+    """The kustomize `images:` entry for ``repo@sha256:..`` (or ``repo:tag`` before a push)."""
+    if "@" in image:
+        name, digest = image.split("@", 1)
+        return {"name": placeholder, "newName": name, "digest": digest}
+    name = image_name(image)
+    return {"name": placeholder, "newName": name, "newTag": image[len(name) + 1 :] or "latest"}
+
+
+def overlay_dir(cfg: Config) -> Path:
+    overlay = cfg.root / cfg.env.k8s.overlay
+    if not any((overlay / name).is_file() for name in KUSTOMIZATION_FILES):
+        raise ConfigError(
+            f"k8s.overlay: {cfg.env.k8s.overlay} is not a kustomize overlay (no kustomization.yaml)"
+        )
+    return overlay
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return obj.get("metadata", {}).get("labels") or {}
+
+
+def _containers(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return list(deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [])
+
+
+def discover(
+    objects: Sequence[Mapping[str, Any]], contract: AppContract, placeholder: str, overlay: str
+) -> tuple[Workload, ...]:
+    """Each process's Deployment (by its component label) and app container (by the placeholder image).
+
+    A process with no such Deployment or with two, a Deployment with no app container or two, and a
+    Deployment that runs the app image but belongs to no process are errors: conveyor would otherwise
+    change what it does not verify, or verify what it did not change.
+    """
+    if RELEASE_COMPONENT in contract.names():
+        raise ConfigError(
+            f"processes.{RELEASE_COMPONENT}: on Kubernetes `{COMPONENT}: {RELEASE_COMPONENT}` labels the "
+            "release Job's pods; rename the process"
+        )
+    deployments = [o for o in objects if o.get("kind") == "Deployment"]
+    workloads = []
+    for proc in contract.processes:
+        found = [d for d in deployments if _labels(d).get(COMPONENT) == proc.name]
+        if len(found) != 1:
+            names = ", ".join(str(d["metadata"].get("name")) for d in found)
+            detail = f"{len(found)} Deployments labelled it ({names})" if found else "no Deployment has it"
+            raise ConfigError(
+                f"{overlay}: process `{proc.name}` runs in the Deployment labelled "
+                f"`{COMPONENT}: {proc.name}` (metadata.labels), and {detail}; exactly one is needed"
+            )
+        dep = found[0]
+        name = str(dep["metadata"].get("name"))
+        apps = [
+            (i, c) for i, c in enumerate(_containers(dep)) if image_name(c.get("image", "")) == placeholder
+        ]
+        if len(apps) != 1:
+            listed = f" ({', '.join(c.get('name', '?') for _, c in apps)})" if apps else ""
+            raise ConfigError(
+                f"{overlay}: Deployment {name} (process `{proc.name}`) has {len(apps)} containers with the "
+                f"placeholder image `{placeholder}` (k8s.image){listed}; exactly one runs the app"
+            )
+        index, container = apps[0]
+        workloads.append(Workload(proc.name, name, str(container.get("name")), index))
+    ours = {w.deployment for w in workloads}
+    for dep in deployments:
+        name = str(dep["metadata"].get("name"))
+        if name not in ours and any(image_name(c.get("image", "")) == placeholder for c in _containers(dep)):
+            label = _labels(dep).get(COMPONENT)
+            raise ConfigError(
+                f"{overlay}: Deployment {name} runs the app image `{placeholder}` but is labelled for no "
+                f"process (`{COMPONENT}: {label or '(none)'}`; processes: {', '.join(contract.names())})"
+            )
+    return tuple(workloads)
+
+
+def write_kustomization(cfg: Config, release: Release, deployer: str, workloads: Sequence[Workload]) -> Path:
+    """build/k8s/<env>/kustomization.yaml: the overlay + image + per-process patches. Returns its folder."""
+    overlay = overlay_dir(cfg)
+    folder = cfg.root / BUILD_DIR / cfg.env.name
+    folder.mkdir(parents=True, exist_ok=True)
+    commands = {p.name: p.command for p in cfg.app.processes}
+    patches: list[dict[str, Any]] = []
+    for w in workloads:
+        target = {"kind": "Deployment", "labelSelector": f"{COMPONENT}={w.process}"}
+        annotations = {
+            ANN_SHA: release.git_sha,
+            ANN_DIGEST: release.image,
+            ANN_DEPLOYER: deployer,
+            ANN_PROCESS: w.process,
+            CHANGE_CAUSE: f"conveyor deploy {release.git_sha[:12]} by {deployer}",
+        }
+        merge = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": w.deployment, "annotations": annotations},
+            "spec": {"template": {"metadata": {"annotations": {ANN_SHA: release.git_sha}}}},
+        }
+        patches.append({"target": target, "patch": yaml.safe_dump(merge, sort_keys=False)})
+        if commands[w.process]:  # a JSON patch by position: the containers keep their order
+            args = {"op": "add", "path": f"/spec/template/spec/containers/{w.index}/args"}
+            patches.append(
+                {"target": target, "patch": json.dumps([{**args, "value": list(commands[w.process])}])}
+            )
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(overlay, folder)],
+        "images": [split_image(release.image, cfg.env.k8s.image)],
+        "patches": patches,
+    }
+    header = "# GENERATED by conveyor for one deploy; do not edit or commit.\n"
+    text = yaml.dump(kustomization, Dumper=_Dumper, sort_keys=False, width=110)
+    (folder / "kustomization.yaml").write_text(header + text)
+    return folder
+
+
+def app_container(pod: Mapping[str, Any], workload: Workload) -> dict[str, Any]:
+    """The workload's app container in a pod spec (by name; by position if it was renamed)."""
+    containers = list(pod.get("containers") or [])
+    named = [c for c in containers if c.get("name") == workload.container]
+    if named:
+        return dict(named[0])
+    return dict(containers[workload.index]) if workload.index < len(containers) else {}
+
+
+def deployment_of(objects: Sequence[Mapping[str, Any]], workload: Workload) -> Mapping[str, Any]:
+    return next(
+        o for o in objects if o.get("kind") == "Deployment" and o["metadata"]["name"] == workload.deployment
+    )
+
+
+def check_manifests(
+    objects: Sequence[Mapping[str, Any]],
+    namespace: str,
+    workloads: Sequence[Workload],
+    *,
+    require_digest: bool,
+) -> None:
+    """Kinds we know, the environment's namespace, restricted Pod Security fields, the app by digest."""
+    for obj in objects:
+        kind, name = obj.get("kind"), obj.get("metadata", {}).get("name")
+        if kind not in KINDS:
+            raise ConfigError(
+                f"manifest {kind}/{name}: conveyor does not deploy {kind} (known: {', '.join(sorted(KINDS))})"
+            )
+        ns = obj.get("metadata", {}).get("namespace")
+        if ns != namespace:
+            raise ConfigError(
+                f"manifest {kind}/{name}: namespace {ns!r} differs from k8s.namespace {namespace!r}"
+            )
+        if kind == "Deployment":
+            _check_pod(obj["spec"]["template"]["spec"], f"{kind}/{name}")
+    if require_digest:
+        for w in workloads:
+            image = app_container(deployment_of(objects, w)["spec"]["template"]["spec"], w).get("image", "")
+            if "@sha256:" not in image:
+                raise ConfigError(
+                    f"Deployment/{w.deployment}: app container {w.container} image {image} is not a digest"
+                )
+
+
+def _check_pod(pod: Mapping[str, Any], where: str) -> None:
+    ctx = pod.get("securityContext", {})
+    if not ctx.get("runAsNonRoot") or ctx.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        raise ConfigError(
+            f"{where}: pod securityContext needs runAsNonRoot and seccompProfile RuntimeDefault"
+        )
+    for container in pod.get("containers", []):
+        c = container.get("securityContext", {})
+        if c.get("allowPrivilegeEscalation") is not False or "ALL" not in c.get("capabilities", {}).get(
+            "drop", []
+        ):
+            raise ConfigError(
+                f"{where}: container {container['name']} must drop ALL capabilities, no escalation"
+            )
+        if not c.get("readOnlyRootFilesystem"):
+            raise ConfigError(f"{where}: container {container['name']} needs readOnlyRootFilesystem")
+        if not container.get("resources", {}).get("limits"):
+            raise ConfigError(f"{where}: container {container['name']} needs resource limits")
+
+
+def secret_name(
+    objects: Sequence[Mapping[str, Any]], workloads: Sequence[Workload], *, required: bool
+) -> str | None:
+    """The Secret conveyor fills from the environment's secret references: the one the app containers
+    reference (envFrom or env) that the manifests do not define. None when there is none."""
+    defined = {o["metadata"]["name"] for o in objects if o.get("kind") == "Secret"}
+    referenced: dict[str, str] = {}
+    for w in workloads:
+        container = app_container(deployment_of(objects, w)["spec"]["template"]["spec"], w)
+        refs = [(s.get("secretRef") or {}).get("name") for s in container.get("envFrom") or []]
+        refs += [
+            ((e.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
+            for e in container.get("env") or []
+        ]
+        for ref in refs:
+            if ref and ref not in defined:
+                referenced.setdefault(str(ref), w.deployment)
+    if len(referenced) > 1:
+        names = ", ".join(f"{name} (Deployment {dep})" for name, dep in sorted(referenced.items()))
+        raise ConfigError(
+            f"the app containers reference {len(referenced)} Secrets the manifests do not define ({names}); "
+            "conveyor fills exactly one from the environment's `secrets`"
+        )
+    if not referenced and required:
+        raise ConfigError(
+            "`secrets` is set but no app container references a Secret the manifests do not define "
+            "(envFrom: [{secretRef: {name: ...}}]): the values would reach no process"
+        )
+    return next(iter(referenced), None)
+
+
+def schema_validate(runner: Runner, manifests: str, version: str = "1.32.0") -> None:
+    """kubernetes-validate --strict: unknown fields are errors (offline, bundled schemas)."""
+    result = runner.run(
+        ["kubernetes-validate", "--strict", "--kubernetes-version", version, "-"],
+        capture=True, input=manifests, mutates=False, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        lines = [
+            line
+            for line in (result.stdout + result.stderr).splitlines()
+            if "ERROR" in line or "error" in line
+        ]
+        raise ConfigError(f"manifest schema: {(lines or ['kubernetes-validate failed'])[0].strip()}")
+
+
+def release_job(
+    deployment: Mapping[str, Any],
+    workload: Workload,
+    release: Release,
+    command: Sequence[str],
+    *,
+    timeout: int,
+) -> dict[str, Any]:
+    """The release command as a Job with the pod spec of ``workload``'s Deployment (image, env, security).
+
+    Only the app container runs (a sidecar that never exits would keep the Job from ending; native
+    sidecars, initContainers with restartPolicy Always, stay), with ``args`` = the release command, and no
+    probes or ports. The pods keep the Deployment's labels (network policies select them) with
+    ``app.kubernetes.io/component: release``, so no process's Service or ReplicaSet selects them.
+    """
+    template = copy.deepcopy(dict(deployment["spec"]["template"]))
+    pod = template["spec"]
+    container = app_container(pod, workload)
+    for field in (*PROBES, "ports"):
+        container.pop(field, None)
+    container["args"] = list(command)
+    pod["containers"] = [container]
+    pod["restartPolicy"] = "Never"
+    meta = template.setdefault("metadata", {})
+    meta["labels"] = {**(meta.get("labels") or {}), COMPONENT: RELEASE_COMPONENT}
+    meta["annotations"] = {**(meta.get("annotations") or {}), ANN_SHA: release.git_sha}
+    suffix = f"-release-{release.git_sha[:8]}-{uuid.uuid4().hex[:4]}"
+    stem = re.sub(r"[-.]+$", "", str(deployment["metadata"]["name"])[: NAME_MAX - len(suffix)])
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": stem + suffix,
+            "namespace": deployment["metadata"]["namespace"],
+            "labels": {**_labels(deployment), COMPONENT: RELEASE_COMPONENT},
+            "annotations": {ANN_SHA: release.git_sha, ANN_DIGEST: release.image},
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": timeout,
+            "ttlSecondsAfterFinished": JOB_TTL,
+            "template": template,
+        },
+    }

@@ -1,0 +1,402 @@
+"""The Kubernetes deploy target: every process of the app contract is one Deployment, deployed by digest.
+
+Plan: render and validate offline (render.py); with a cluster also each Deployment's live revision (kept
+in the plan for the rollback) and `kubectl diff`. Release command: a Job from the anchor process's pod
+spec (the HTTP process, else the first). Apply: `kubectl apply --server-side`. Wait, per Deployment:
+`rollout status` AND the ReplicaSet of OUR revision runs our image with every replica ready. Rollback:
+each Deployment back to its previous revision (one that did not exist is scaled to 0), then the same wait.
+Lock: a coordination.k8s.io Lease created atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import shlex
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import yaml
+
+from conveyor.config import Config
+from conveyor.deploy.k8s.kubectl import KubeApi
+from conveyor.deploy.k8s.render import (
+    ANN_SHA,
+    Workload,
+    app_container,
+    check_manifests,
+    deployment_of,
+    discover,
+    overlay_dir,
+    parse,
+    release_job,
+    schema_validate,
+    secret_name,
+    write_kustomization,
+)
+from conveyor.deploy.locks import StoredLock
+from conveyor.deploy.model import Change, Lock, Owner, Plan, Release, Revision, RolloutFailed
+from conveyor.errors import ConfigError, ConveyorError
+from conveyor.runner import Runner
+from conveyor.secrets import SecretResolver
+
+REVISION = "deployment.kubernetes.io/revision"
+LEASE = "conveyor-deploy-lock"
+OWNER = "conveyor.dev/owner"
+POLL = 2.0  # seconds between two reads of a Job or a ReplicaSet
+
+
+class LeaseLock(StoredLock):
+    """The deploy lock as a Lease: `kubectl create` fails if it exists, so taking it is atomic."""
+
+    def __init__(self, kube: KubeApi, namespace: str, env: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.env = env
+
+    def _create(self, owner_json: str, owner: Owner, ttl: int) -> bool:
+        self.kube.current_context()  # no cluster configured: one clear line before any call
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": LEASE, "namespace": self.namespace, "annotations": {OWNER: owner_json}},
+            "spec": {
+                "holderIdentity": f"{owner.who}@{owner.host}",
+                "leaseDurationSeconds": ttl,
+                "acquireTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            },
+        }
+        return self.kube.create(json.dumps(lease))
+
+    def _read(self) -> str | None:
+        lease = self.kube.get("lease", LEASE)
+        if lease is None:
+            return None
+        return str(lease.get("metadata", {}).get("annotations", {}).get(OWNER, ""))
+
+    def _delete(self) -> None:
+        self.kube.delete("lease", LEASE)
+
+
+def poll(
+    check: Callable[[], str | None],
+    deadline: float,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    interval: float = POLL,
+) -> None:
+    """Call ``check`` until it returns None (done). It returns what it still waits for, or raises when
+    the wait cannot succeed any more; past ``deadline`` the last thing waited for is the error."""
+    while True:
+        pending = check()
+        if pending is None:
+            return
+        if clock() >= deadline:
+            raise RolloutFailed(f"timed out: {pending}")
+        sleep(interval)
+
+
+@dataclass(frozen=True)
+class Previous:
+    """A Deployment's revision before this deploy, and the image its app container ran."""
+
+    revision: int
+    image: str
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The k8s plan's own payload: what is applied, where each process runs, what ran before."""
+
+    objects: list[dict[str, Any]]
+    workloads: tuple[Workload, ...]
+    previous: Mapping[str, Previous | None] = field(default_factory=dict)  # by Deployment; None: new
+    secret: str | None = None  # the Secret conveyor fills from the environment's `secrets`
+
+
+class K8sDeployTarget:
+    kind = "k8s"
+
+    def __init__(
+        self,
+        runner: Runner,
+        kube: KubeApi,
+        cfg: Config,
+        *,
+        deployer: str,
+        resolver: SecretResolver,
+        validate: Callable[[Runner, str], None] = schema_validate,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runner = runner
+        self.kube = kube
+        self.cfg = cfg
+        self.contract = cfg.app
+        self.namespace = cfg.env.k8s.namespace
+        self.deployer = deployer
+        self.resolver = resolver
+        self.validate = validate
+        self.sleep = sleep
+        self.clock = clock
+        self.lock: Lock = LeaseLock(kube, self.namespace, cfg.env.name)
+        # Static checks before anything is pushed or called: the overlay renders, every process is found.
+        overlay = overlay_dir(cfg)
+        found = parse(kube.kustomize(overlay))
+        self.workloads = discover(found, cfg.app, cfg.env.k8s.image, cfg.env.k8s.overlay)
+        anchor = cfg.app.web or cfg.app.processes[0]
+        self.anchor = next(w for w in self.workloads if w.process == anchor.name)
+        objects = self.render(Release(f"{cfg.env.k8s.image}:current", "0" * 40), require_digest=False)
+        secret_name(objects, self.workloads, required=bool(cfg.env.secrets))
+        self._secret_sent: Plan | None = None
+
+    def render(self, release: Release, *, require_digest: bool) -> list[dict[str, Any]]:
+        folder = write_kustomization(self.cfg, release, self.deployer, self.workloads)
+        objects = parse(self.kube.kustomize(folder))
+        check_manifests(objects, self.namespace, self.workloads, require_digest=require_digest)
+        return objects
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def _revision(self, workload: Workload) -> Revision | None:
+        dep = self.kube.get("deployment", workload.deployment)
+        if dep is None:
+            return None
+        # The pod template is what `rollout undo` restores, so sha and image are read there.
+        template = dep["spec"]["template"]
+        sha = (template.get("metadata", {}).get("annotations") or {}).get(ANN_SHA, "unknown")
+        image = str(app_container(template["spec"], workload).get("image", ""))
+        revision = (dep["metadata"].get("annotations") or {}).get(REVISION, "0")
+        return Revision(str(revision), image, str(sha))
+
+    def current(self) -> Revision | None:
+        """What the anchor process (the HTTP one, else the first) runs."""
+        return self._revision(self.anchor)
+
+    def plan(self, release: Release) -> Plan:
+        """Render and validate offline; with a cluster also each process's live revision, `kubectl diff`."""
+        objects = self.render(release, require_digest="@" in release.image)
+        stream = yaml.safe_dump_all(objects, sort_keys=False)
+        self.validate(self.runner, stream)
+        secret = secret_name(objects, self.workloads, required=bool(self.cfg.env.secrets))
+        steps = []
+        if self.contract.release:
+            command = shlex.join(self.contract.release)
+            steps.append(f"release Job from deployment/{self.anchor.deployment}: {command}")
+        steps.append(f"kubectl apply --server-side ({len(objects)} objects)")
+        steps.append(
+            "wait for " + ", ".join(f"deployment/{w.deployment} ({w.process})" for w in self.workloads)
+        )
+        try:
+            context = self.kube.current_context()
+        except ConfigError as exc:
+            steps.insert(0, f"NOT CONNECTED ({exc}): rendered and validated offline only")
+            changes = [
+                Change(f"process {w.process} image", "unknown (no cluster)", release.image)
+                for w in self.workloads
+            ]
+            detail = Rendered(objects, self.workloads, {}, secret)
+            return Plan(
+                self.cfg.env.name, self.kind, release, None, tuple(changes), tuple(steps), detail, stream
+            )
+        previous: dict[str, Previous | None] = {}
+        changes = []
+        for w in self.workloads:
+            live = self.kube.get("deployment", w.deployment)
+            old = app_container(live["spec"]["template"]["spec"], w) if live else {}
+            new = app_container(deployment_of(objects, w)["spec"]["template"]["spec"], w)
+            if live is None:
+                previous[w.deployment] = None
+            else:
+                revision = int((live["metadata"].get("annotations") or {}).get(REVISION, "0"))
+                previous[w.deployment] = Previous(revision, str(old.get("image", "")))
+            if old.get("image") != new.get("image"):
+                changes.append(Change(f"process {w.process} image", str(old.get("image", "")), release.image))
+            if old.get("args") != new.get("args") and (live is not None or new.get("args")):
+                changes.append(Change(f"process {w.process} args", _argv(old), _argv(new)))
+        diff = self.kube.diff(stream)
+        changed = {
+            line.split()[-2].rsplit("/", 1)[-1] for line in diff.splitlines() if line.startswith("diff -u -N")
+        }
+        changes += [Change("object", "(live)", name) for name in sorted(changed)]
+        steps.insert(0, f"context {context}, namespace {self.namespace}")
+        detail = Rendered(objects, self.workloads, previous, secret)
+        return Plan(
+            self.cfg.env.name,
+            self.kind,
+            release,
+            self.current(),
+            tuple(changes),
+            tuple(steps),
+            detail,
+            stream,
+        )
+
+    # -- acting --------------------------------------------------------------------------------------
+
+    def _apply_secret(self, plan: Plan) -> None:
+        """The Secret the manifests expect, from the environment's references; values on stdin only."""
+        name = plan.detail.secret
+        if name is None or self._secret_sent is plan:
+            return
+        data = {key: self.resolver.resolve(ref) for key, ref in sorted(self.cfg.env.secrets.items())}
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+        self.kube.apply(json.dumps(secret))
+        self._secret_sent = plan
+
+    def release_steps(self, plan: Plan) -> None:
+        """Run the release command as a Job in the new image and wait for it. A Job that is still running
+        when the wait ends (timeout, interrupt) is deleted; a failed one stays for its log."""
+        self._apply_secret(plan)
+        timeout = self.cfg.env.deploy.timeout
+        deployment = deployment_of(plan.detail.objects, self.anchor)
+        job = release_job(deployment, self.anchor, plan.release, self.contract.release, timeout=timeout)
+        name = str(job["metadata"]["name"])
+        self.kube.apply(json.dumps(job))
+        ended = False
+
+        def state() -> str | None:
+            nonlocal ended
+            status = (self.kube.get("job", name) or {}).get("status") or {}
+            conditions = {
+                c.get("type"): c for c in status.get("conditions") or [] if c.get("status") != "False"
+            }
+            if status.get("succeeded") or "Complete" in conditions:
+                ended = True
+                return None
+            if status.get("failed") or "Failed" in conditions:
+                ended = True
+                reason = (conditions.get("Failed") or {}).get("message", "")
+                raise RolloutFailed(f"release Job {name} failed{': ' + reason if reason else ''}")
+            return f"release Job {name} has not finished"
+
+        try:
+            poll(state, self.clock() + timeout, clock=self.clock, sleep=self.sleep)
+        finally:
+            if not ended:
+                self._delete_job(name)
+
+    def _delete_job(self, name: str) -> None:
+        try:
+            self.kube.delete("job", name)
+            self.runner.say(f"deleted the unfinished release Job {name}")
+        except ConveyorError as exc:
+            self.runner.say(f"warning: could not delete release Job {name}: {exc}")
+
+    def apply(self, plan: Plan) -> None:
+        self._apply_secret(plan)
+        self.kube.apply(yaml.safe_dump_all(plan.detail.objects, sort_keys=False))
+
+    def wait(self, plan: Plan, expected: Release, deadline: float) -> None:
+        """For every process's Deployment: `rollout status`, then the ReplicaSet of its current revision
+        runs the expected image with every replica ready. Waiting for a rollback (``expected`` is not the
+        plan's release) expects each Deployment's previous image and skips those that were new."""
+        rollback = expected != plan.release
+        for w in self.workloads:
+            image = expected.image
+            if rollback:
+                before = plan.detail.previous.get(w.deployment)
+                if before is None:
+                    continue  # it did not exist: the rollback scaled it to 0
+                image = before.image
+            self.kube.rollout_status(w.deployment, max(1, int(deadline - self.clock())))
+            check = functools.partial(self._replicaset_state, w, image)
+            poll(check, deadline, clock=self.clock, sleep=self.sleep)
+
+    def _replicaset_state(self, workload: Workload, image: str) -> str | None:
+        """None when the Deployment's current revision runs ``image`` with every replica ready."""
+        name = workload.deployment
+        dep = self.kube.get("deployment", name)
+        if dep is None:
+            raise RolloutFailed(f"deployment/{name} does not exist")
+        revision = (dep["metadata"].get("annotations") or {}).get(REVISION)
+        wanted = int(dep["spec"].get("replicas", 1))
+        labels = (dep["spec"].get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        ours = [
+            rs
+            for rs in self.kube.replicasets(selector)
+            if _owned_by(rs, dep) and (rs["metadata"].get("annotations") or {}).get(REVISION) == revision
+        ]
+        if not ours:
+            raise RolloutFailed(f"no ReplicaSet for revision {revision} of deployment/{name}")
+        rs = ours[0]
+        rs_name = rs["metadata"].get("name", "?")
+        running = app_container(rs["spec"]["template"]["spec"], workload).get("image")
+        if running != image:
+            raise RolloutFailed(
+                f"deployment/{name} revision {revision} (ReplicaSet {rs_name}) runs {running}, not {image}"
+            )
+        ready = int((rs.get("status") or {}).get("readyReplicas") or 0)
+        if ready < wanted:
+            return f"deployment/{name}: ReplicaSet {rs_name} has {ready}/{wanted} ready replicas"
+        return None
+
+    def rollback(self, plan: Plan, to: Revision) -> None:
+        """Every process's Deployment back to the revision it had before (a new one is scaled to 0)."""
+        self._restore(plan)
+
+    def stop(self, plan: Plan) -> None:
+        """Nothing served before: scale to 0 the Deployments this deploy created (any that existed go
+        back to their previous revision)."""
+        self._restore(plan)
+
+    def _restore(self, plan: Plan) -> None:
+        failures = []
+        for w in self.workloads:
+            before = plan.detail.previous.get(w.deployment)
+            try:
+                if before is None:
+                    self.kube.scale(w.deployment, 0)
+                elif before.revision < 1:  # `--to-revision=0` would mean "the one before the current"
+                    failures.append(f"deployment/{w.deployment}: no revision was recorded before this deploy")
+                else:
+                    self.kube.rollout_undo(w.deployment, before.revision)
+            except ConveyorError as exc:  # the other Deployments still go back
+                failures.append(f"deployment/{w.deployment}: {exc}")
+        if failures:
+            raise RolloutFailed("; ".join(failures))
+
+    def finish(self, plan: Plan) -> None:
+        """Nothing to clean: each Deployment keeps revisionHistoryLimit ReplicaSets for rollbacks."""
+
+    def live_history(self) -> list[str]:
+        """`kubectl rollout history` of every process (CHANGE-CAUSE carries sha and deployer), and what
+        each serves now."""
+        lines = []
+        for w in self.workloads:
+            current = self._revision(w)
+            if current is None:
+                lines.append(f"deployment/{w.deployment} ({w.process}): not deployed")
+                continue
+            lines += self.kube.rollout_history(w.deployment).rstrip().splitlines()
+            lines.append(
+                f"serving ({w.process}): revision {current.ref}, sha {current.git_sha[:12]}, {current.image}"
+            )
+        return lines
+
+
+def _owned_by(rs: Mapping[str, Any], dep: Mapping[str, Any]) -> bool:
+    uid = dep["metadata"].get("uid")
+    return any(
+        ref.get("kind") == "Deployment"
+        and ref.get("name") == dep["metadata"]["name"]
+        and (uid is None or ref.get("uid") == uid)
+        for ref in rs["metadata"].get("ownerReferences") or []
+    )
+
+
+def _argv(container: Mapping[str, Any]) -> str:
+    args = container.get("args")
+    return shlex.join(args) if args else "(the image CMD)"
