@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian bookworm machine needs before `invoke build test deploy` (run as root):
-# engines (ci/setup-debian.sh), the kit, a local base image and service stand-ins (no registry here),
-# and generated local secrets. Idempotent: a second run only checks.
+# engines (src/conveyor/data/setup-debian.sh, which `conveyor setup` also runs), the kit, a local base
+# image and service stand-ins (no registry here), and generated local secrets.
+# Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash ci/setup-debian.sh
+# The kit is installed after the engines, so its packaged setup script runs by path here.
+bash src/conveyor/data/setup-debian.sh
 echo "[bootstrap] pip install -e '.[dev]'"
 python3 -m pip install -q -e '.[dev]'
 # Machines that can pull official images may skip these two and keep the defaults.

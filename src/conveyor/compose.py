@@ -112,7 +112,7 @@ def validate(runner: Runner, stack: Stack, processes: list[str] | None = None) -
     for path in stack.files:
         check_yaml(path)
     out = run(runner, stack.project_files(), "config", "--services", capture=True, mutates=False)
-    services = [line for line in out.splitlines() if line.strip()]
+    services = sorted(line for line in out.splitlines() if line.strip())
     missing = [name for name in processes or [] if name not in services]
     if missing:
         files = ", ".join(str(p.name) for p in stack.files)

@@ -13,7 +13,7 @@ from conveyor.aws import credential_source
 from conveyor.errors import CommandFailed, ToolMissing
 from conveyor.runner import Runner
 
-SETUP = "bash ci/setup-debian.sh (as root)"
+SETUP = "conveyor setup (as root)"
 NEEDS = {
     "compose": {"git", "docker engine", "compose v2", "buildx"},
     "ecs": {"git", "docker engine", "buildx", "aws"},

@@ -31,7 +31,7 @@ STANDINS = {
     "redis": "conveyor-local/redis:7",
     "nginx": "conveyor-local/nginx:1.22",
 }
-STANDIN_DIR = Path("images/standins")
+STANDIN_DIR = Path(__file__).resolve().parent / "data" / "standins"  # package data: any project builds them
 CA_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
 RELEASE_FILE = Path("build/release.json")
 

@@ -19,7 +19,7 @@ from conveyor.redact import Redactor
 
 # How to get each tool the kit calls; named in the error when it is missing.
 FIXES: dict[str, str] = {
-    "docker": "install the Docker engine (Debian: `bash ci/setup-debian.sh`, or apt-get install docker.io)",
+    "docker": "install the Docker engine (Debian: `conveyor setup` as root, or apt-get install docker.io)",
     "git": "apt-get install git",
     "kubectl": "install kubectl 1.28+ (Debian trixie: apt-get install -t trixie kubectl)",
     "nox": "pip install -e '.[dev]' (nox is a conveyor dependency)",

@@ -29,10 +29,10 @@ def _docker_ok() -> bool:
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
     if not _docker_ok():
-        engine_missing("no Docker engine answering `docker info` (bash ci/setup-debian.sh starts one)")
+        engine_missing("no Docker engine answering `docker info` (`conveyor setup` starts one)")
     for plugin in ("compose", "buildx"):
         if subprocess.run(["docker", plugin, "version"], capture_output=True, check=False).returncode != 0:
-            engine_missing(f"docker {plugin} plugin missing (bash ci/setup-debian.sh installs it)")
+            engine_missing(f"docker {plugin} plugin missing (`conveyor setup` installs it)")
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,21 @@ def commit(project: Project, message: str) -> str:
 READY, NEVER_READY = "status_code=503 if failed else 200)", "status_code=503)"
 
 
+WORKER_OK, WORKER_CRASH = (
+    '    if args.command == "worker":\n',
+    '    if args.command == "worker":\n        raise SystemExit(3)\n',
+)
+
+
+def set_worker(project: Project, *, broken: bool) -> None:
+    """Make the worker process exit 3 at start (a release whose worker crash-loops), or undo that."""
+    main = project.root / "app/__main__.py"
+    old, new = (WORKER_OK, WORKER_CRASH) if broken else (WORKER_CRASH, WORKER_OK)
+    text = main.read_text()
+    assert old in text
+    main.write_text(text.replace(old, new, 1))
+
+
 def set_readiness(project: Project, *, broken: bool) -> None:
     """Make the app's /ready always 503 (a release that never becomes healthy), or undo that."""
     main = project.root / "app/main.py"
@@ -118,9 +133,28 @@ def test_build_test_deploy_end_to_end_through_nginx(env: Env) -> None:
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 201
+        response_body = response.read()
     assert get(f"{env.url}/ready")["status"] == "ready"
     assert "wait for" in result.stdout
     assert "smoke probe" in result.stdout
+    # The worker process was deployed from the same image and does its job: the note gets processed.
+    note = json.loads(response_body)
+    deadline = time.monotonic() + 30
+    while get(f"{env.url}/notes/{note['id']}")["processed_at"] is None:
+        assert time.monotonic() < deadline, "the worker never processed the note"
+        time.sleep(0.5)
+    assert get(f"{env.url}/notes/{note['id']}")["summary"] == "through nginx"
+    images = {
+        service: subprocess.run(
+            ["docker", "inspect", "-f", "{{.Image}} {{.State.Health.Status}}", f"{env.name}-{service}-1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for service in ("web", "worker")
+    }
+    assert images["web"][0] == images["worker"][0]
+    assert images["worker"][1] == "healthy"  # the contract's healthcheck (python -m app worker --check)
 
 
 def test_second_build_changes_version(env: Env) -> None:
@@ -154,6 +188,33 @@ def test_failing_release_is_rolled_back_and_journaled(env: Env) -> None:
     ]
     shown = env.project.invoke("history")
     assert "rollback of " + bad[:12] in shown.stdout
+
+
+def test_a_crash_looping_worker_rolls_back_every_process(env: Env) -> None:
+    good = get(f"{env.url}/version")["git_sha"]
+    set_readiness(env.project, broken=False)
+    set_worker(env.project, broken=True)
+    commit(env.project, "worker crashes at start")
+    result = env.project.invoke("build", "deploy")
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.startswith("conveyor: deploy to local failed at wait (worker is crash-looping (restarted")
+    assert line.endswith(f"rolled back: serving {good[:12]} again (verified)")
+    assert get(f"{env.url}/version")["git_sha"] == good
+    labels = subprocess.run(
+        [
+            "docker",
+            "inspect",
+            "-f",
+            '{{index .Config.Labels "dev.conveyor.git-sha"}}',
+            f"{env.name}-worker-1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert labels == good  # the worker is back on the good release too
+    set_worker(env.project, broken=False)
 
 
 def test_two_concurrent_deploys_exactly_one_proceeds(env: Env) -> None:

@@ -54,6 +54,6 @@ def test_a_process_without_a_compose_service_is_a_config_error(tmp_path: Path) -
     (tmp_path / "compose.yaml").write_text("services:\n  web:\n    image: x\n  db:\n    image: y\n")
     stack = compose.Stack("p", (tmp_path / "compose.yaml",), {}, override="services: {}\n")
     with pytest.raises(
-        ConfigError, match=r"process `worker` has no service of that name \(services: web, db\)"
+        ConfigError, match=r"process `worker` has no service of that name \(services: db, web\)"
     ):
         compose.validate(Runner(out=io.StringIO()), stack, ["web", "worker"])

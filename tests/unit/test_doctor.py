@@ -22,7 +22,7 @@ def test_doctor_fails_naming_what_the_target_needs(project: Project, tmp_path: P
     result = project.invoke("doctor", env={"PATH": str(bindir), "HOME": os.environ.get("HOME", "/root")})
     assert result.returncode == 1
     assert "docker engine  MISSING" in result.stdout
-    assert "fix: bash ci/setup-debian.sh" in result.stdout
+    assert "fix: conveyor setup" in result.stdout
     assert result.stderr.strip().splitlines() == [
         "conveyor: environment local needs: git, docker engine, compose v2, buildx"
     ]

@@ -46,7 +46,7 @@ WEB, WORKER = "shop-web", "shop-worker"
 @pytest.fixture(autouse=True)
 def tools() -> None:
     if shutil.which("kubectl") is None:
-        engine_missing("kubectl not installed (ci/setup-debian.sh installs it)")
+        engine_missing("kubectl not installed (`conveyor setup` installs it)")
     if shutil.which("kubernetes-validate") is None:
         engine_missing("kubernetes-validate not installed (pip install -e '.[dev]')")
 

@@ -31,9 +31,9 @@ def _docstrings(tree: ast.AST) -> set[int]:
     ids = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
-            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                ids.add(id(body[0].value))
+        first = body[0] if isinstance(body, list) and body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+            ids.add(id(first.value))
     return ids
 
 
@@ -68,9 +68,9 @@ def test_no_mention_of_the_reference_app(path: Path) -> None:
                 if isinstance(node, ast.Assign):
                     exempt_lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
                 continue
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-                if node.value in NAMES:
-                    found.append(f"line {node.lineno}: the string {node.value!r}")
+            named = isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in NAMES
+            if named and id(node) not in docstrings:
+                found.append(f"line {node.lineno}: the string {node.value!r}")
     for number, line in enumerate(text.splitlines(), 1):
         if number in exempt_lines:
             continue

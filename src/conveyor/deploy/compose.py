@@ -153,16 +153,15 @@ class ComposeDeployTarget:
             state = info["State"]
             if info["Image"] != want_id:
                 return f"{name}: the old container is still the one running"
-            if (
-                state["Restarting"]
-                or info["RestartCount"] > 0
-                or (not state["Running"] and state["ExitCode"])
-            ):
+            restarts = int(info["RestartCount"])
+            if state["Restarting"] or restarts > 0:
                 raise RolloutFailed(
-                    f"{name} is crash-looping (exit code {state['ExitCode']}): {self._last_log(info)}"
+                    f"{name} is crash-looping (restarted {max(restarts, 1)}x): {self._last_log(info)}"
                 )
             if not state["Running"]:
-                raise RolloutFailed(f"{name} exited (code 0) instead of running: {self._last_log(info)}")
+                raise RolloutFailed(
+                    f"{name} exited with code {state['ExitCode']} instead of running: {self._last_log(info)}"
+                )
             health = (state.get("Health") or {}).get("Status", "none")
             if health == "unhealthy":
                 raise RolloutFailed(f"{name} is unhealthy: {self._last_log(info)}")

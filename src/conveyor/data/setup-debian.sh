@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install and start the engines conveyor's tests need on a fresh Debian bookworm machine (run as root).
-# Idempotent: every step checks before it acts. See ../shared/DESIGN.md "Engines on the project's machines".
+# `conveyor setup`: install and start what conveyor needs on a fresh Debian bookworm machine (as root):
+# Docker engine, compose v2, buildx, kubectl, a local registry, debootstrap for local base images, and
+# PostgreSQL/Redis server binaries for tests that start throwaway servers. Idempotent: every step checks
+# before it acts.
 set -euo pipefail
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -62,9 +64,13 @@ log "docker $(docker version -f '{{.Server.Version}}'), compose $(docker compose
 
 # --- Pythons for the nox matrix --------------------------------------------------------------
 if command -v pyenv >/dev/null 2>&1; then
-  pyenv global 3.11.7 3.10.13 3.12.1 3.13.0
+  # Every CPython 3 pyenv has, so nox finds the whole matrix; the current default stays first (`python3`).
+  first=$(pyenv global | head -1)
+  mapfile -t versions < <(pyenv versions --bare | grep -E '^3\.[0-9]+\.[0-9]+$' | grep -vxF "$first")
+  pyenv global "$first" "${versions[@]}"
 fi
-for v in 3.10 3.11 3.12 3.13; do
-  command -v "python$v" >/dev/null 2>&1 || die "python$v not on PATH (pyenv global 3.11.7 3.10.13 3.12.1 3.13.0)"
+found=()
+for v in 3.10 3.11 3.12 3.13 3.14; do
+  command -v "python$v" >/dev/null 2>&1 && found+=("$v")
 done
-log "pythons 3.10-3.13 on PATH"
+log "pythons on PATH for the nox matrix: ${found[*]:-none}"
