@@ -106,6 +106,13 @@ def run(runner: Runner, stack: Stack, *args: str, capture: bool = False, mutates
     return result.stdout
 
 
+def run_release(runner: Runner, stack: Stack, contract: AppContract) -> None:
+    """The release command as a one-off of the HTTP process's service (else the first process's): the
+    new image, the process environment, and its `depends_on` services started first."""
+    anchor = contract.web or contract.processes[0]
+    run(runner, stack, "run", "--rm", "--no-TTY", "--quiet-pull", anchor.name, *contract.release)
+
+
 def validate(runner: Runner, stack: Stack, processes: list[str] | None = None) -> list[str]:
     """Check each file's YAML (to name file:line), then `docker compose config` (compose's own message),
     then that every process of the app contract is a service. Returns the project's services."""

@@ -103,17 +103,7 @@ class ComposeDeployTarget:
         return Plan(self.env, self.kind, release, current, tuple(changes), tuple(steps))
 
     def release_steps(self, plan: Plan) -> None:
-        stack = self._with(plan.release)
-        compose.run(
-            self.runner,
-            stack,
-            "run",
-            "--rm",
-            "--no-TTY",
-            "--quiet-pull",
-            self._anchor().name,
-            *self.contract.release,
-        )
+        compose.run_release(self.runner, self._with(plan.release), self.contract)
 
     def apply(self, plan: Plan) -> None:
         compose.run(self.runner, self._with(plan.release), "up", "--detach", "--remove-orphans")

@@ -10,12 +10,13 @@ from conveyor.tasks._base import load_config, make_runner, task
 
 if TYPE_CHECKING:
     from conveyor.compose import Stack
+    from conveyor.config import Config
     from conveyor.runner import Runner
 
 ENV_HELP = {"env": "environment: local (production-shaped) or dev (source mounted, auto-reload)"}
 
 
-def _stack(c: Context, env: str, *, need_image: bool = True) -> tuple[Runner, Stack, str]:
+def _stack(c: Context, env: str, *, need_image: bool = True) -> tuple[Runner, Stack, Config]:
     from conveyor import compose, images
     from conveyor.secrets import SecretResolver
 
@@ -24,7 +25,7 @@ def _stack(c: Context, env: str, *, need_image: bool = True) -> tuple[Runner, St
     built = images.load_release(cfg.root) if need_image else {"image_id": "none", "git_sha": ""}
     resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
     stack = compose.stack_for(cfg, resolver, str(built["image_id"]), str(built["git_sha"]))
-    return runner, stack, cfg.env.url
+    return runner, stack, cfg
 
 
 def _known_service(runner: Runner, stack: Stack, service: str) -> None:
@@ -38,13 +39,16 @@ def _known_service(runner: Runner, stack: Stack, service: str) -> None:
 
 @task(help={**ENV_HELP, "timeout": "seconds to wait for every service to be healthy"})
 def up(c: Context, env: str = "", timeout: int = 180) -> None:
-    """Start the environment's stack with the last build and wait until it is healthy."""
+    """Run the release command with the last build, start the stack and wait until it is healthy."""
     from conveyor import compose
     from conveyor.errors import ConveyorError
 
-    runner, stack, url = _stack(c, env)
-    compose.validate(runner, stack)
+    runner, stack, cfg = _stack(c, env)
+    compose.validate(runner, stack, cfg.app.names())
     try:
+        if cfg.app.release:
+            with runner.step(f"release command: {' '.join(cfg.app.release)}"):
+                compose.run_release(runner, stack, cfg.app)
         with runner.step(f"up {stack.project} (waiting up to {timeout}s for health)"):
             compose.run(runner, stack, "up", "--detach", "--wait", "--wait-timeout", str(timeout))
     except ConveyorError:
@@ -52,7 +56,7 @@ def up(c: Context, env: str = "", timeout: int = 180) -> None:
         compose.run(runner, stack, "down", "--remove-orphans")
         raise
     if not runner.dry:
-        print(f"{stack.project} is up: {url}")
+        print(f"{stack.project} is up: {cfg.env.url}")
 
 
 @task(help={**ENV_HELP, "volumes": "also remove named volumes (data is lost)"})
