@@ -54,8 +54,19 @@ class AwsClients:
             if self._session is None:
                 import boto3
 
+                # boto3 reads only the process environment: credentials and region kept in .env files
+                # (merged into ``environ``) are handed over explicitly.
+                env = self.environ
+                keys = env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")
                 self._session = boto3.session.Session(
-                    profile_name=self.target.profile or None, region_name=self.target.region
+                    aws_access_key_id=env["AWS_ACCESS_KEY_ID"] if keys else None,
+                    aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"] if keys else None,
+                    aws_session_token=(env.get("AWS_SESSION_TOKEN") or None) if keys else None,
+                    profile_name=None if keys else (self.target.profile or env.get("AWS_PROFILE") or None),
+                    region_name=self.target.region
+                    or env.get("AWS_REGION")
+                    or env.get("AWS_DEFAULT_REGION")
+                    or None,
                 )
             self._clients[service] = self._session.client(
                 service, endpoint_url=self.target.endpoint_url or None

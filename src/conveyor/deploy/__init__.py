@@ -14,7 +14,7 @@ from conveyor.secrets import SecretResolver
 if TYPE_CHECKING:
     from conveyor.deploy.ecs import EcsApi
 
-__all__ = ["Deployer", "Release", "deployer_for", "lock_for", "target_for"]
+__all__ = ["Deployer", "Release", "deployer_for", "lock_for", "resolver_for", "target_for"]
 
 
 def target_for(cfg: Config, runner: Runner, image: str) -> Target:
@@ -24,8 +24,7 @@ def target_for(cfg: Config, runner: Runner, image: str) -> Target:
         from conveyor.deploy.compose import ComposeDeployTarget
         from conveyor.docker_engine import DockerEngine
 
-        resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
-        stack = compose.stack_for(cfg, resolver, image)
+        stack = compose.stack_for(cfg, resolver_for(cfg, runner), image)
         return ComposeDeployTarget(runner, DockerEngine(runner), stack, lock_for(cfg), cfg.env.name, cfg.app)
     if cfg.env.target == "ecs":
         from conveyor.deploy import ecs
@@ -39,10 +38,20 @@ def target_for(cfg: Config, runner: Runner, image: str) -> Target:
         from conveyor.deploy import k8s
         from conveyor.deploy.model import Owner
 
-        resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
         kube = k8s.KubeCtl(runner, cfg.env.k8s.namespace, cfg.env.k8s.context)
+        resolver = resolver_for(cfg, runner)
         return k8s.K8sDeployTarget(runner, kube, cfg, deployer=Owner.here("").who, resolver=resolver)
     raise _not_available(cfg)
+
+
+def resolver_for(cfg: Config, runner: Runner) -> SecretResolver:
+    """The environment's secret resolver; `aws-sm:`/`ssm:` references reach AWS with the environment's
+    region, profile, endpoint and credentials (.env files included), on every target."""
+    from conveyor.aws import AwsClients
+
+    return SecretResolver(
+        runner.redact, environ=cfg.dotenv, root=cfg.root, aws=AwsClients(cfg.env.ecs, cfg.dotenv)
+    )
 
 
 def _ecs_api(cfg: Config) -> EcsApi:

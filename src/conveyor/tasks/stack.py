@@ -18,12 +18,12 @@ ENV_HELP = {"env": "environment: local (production-shaped) or dev (source mounte
 
 def _stack(c: Context, env: str, *, need_image: bool = True) -> tuple[Runner, Stack, Config]:
     from conveyor import compose, images
-    from conveyor.secrets import SecretResolver
+    from conveyor.deploy import resolver_for
 
     cfg = load_config(env or None)
     runner = make_runner(c)
     built = images.load_release(cfg.root) if need_image else {"image_id": "none", "git_sha": ""}
-    resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
+    resolver = resolver_for(cfg, runner)
     stack = compose.stack_for(cfg, resolver, str(built["image_id"]), str(built["git_sha"]))
     return runner, stack, cfg
 
