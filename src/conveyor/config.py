@@ -334,6 +334,22 @@ def read_yaml(path: Path, *, allow_empty: bool) -> tuple[Any, dict[str, int]]:
     return data, lines
 
 
+def read_pyproject(root: Path) -> dict[str, Any]:
+    """The project's pyproject.toml as a mapping ({} when there is none); unreadable is a ConfigError."""
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"pyproject.toml: cannot read: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
 def _key_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from conveyor.config import ENV_DIR, AppContract, Config
+from conveyor.config import ENV_DIR, AppContract, Config, read_pyproject
 from conveyor.docker_engine import DockerEngine
 from conveyor.errors import CommandFailed, ConveyorError
 from conveyor.git import Revision
@@ -223,17 +223,7 @@ def build(
 
 def project_metadata(root: Path) -> dict[str, str]:
     """name, version and source URL from pyproject.toml's [project] table; missing keys are left out."""
-    path = root / "pyproject.toml"
-    if not path.is_file():
-        return {}
-    try:
-        import tomllib  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
-    try:
-        project = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
-    except (OSError, ValueError) as exc:
-        raise ConveyorError(f"pyproject.toml: cannot read [project]: {exc}") from None
+    project = read_pyproject(root).get("project") or {}
     meta = {k: str(project[k]) for k in ("name", "version") if isinstance(project.get(k), str)}
     urls = project.get("urls") or {}
     for key in ("Source", "source", "Repository", "repository", "Homepage", "homepage"):

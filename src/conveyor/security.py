@@ -157,21 +157,6 @@ def _hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
-def _read_pyproject(root: Path) -> dict[str, Any]:
-    path = root / "pyproject.toml"
-    if not path.is_file():
-        return {}
-    try:
-        import tomllib  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"pyproject.toml: cannot read: {exc}") from None
-    return data if isinstance(data, dict) else {}
-
-
 def _strings(val: Any) -> list[str]:
     return [str(v) for v in val] if isinstance(val, list) else []
 
@@ -180,7 +165,7 @@ def declared_packages(root: Path) -> tuple[str, ...]:
     """The folders of the top-level packages (and the modules) setuptools builds, per pyproject.toml:
     ``[tool.setuptools] packages``/``py-modules``/``package-dir`` or ``[tool.setuptools.packages.find]``.
     Empty when pyproject.toml declares none (other backends, setuptools' automatic discovery)."""
-    tool = _read_pyproject(root).get("tool", {})
+    tool = config.read_pyproject(root).get("tool", {})
     setuptools = tool.get("setuptools", {}) if isinstance(tool, dict) else {}
     if not isinstance(setuptools, dict):
         return ()

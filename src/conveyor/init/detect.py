@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conveyor import config
 from conveyor.config import PROCESS_NAME, SCHEMA
 from conveyor.errors import ConveyorError
 
@@ -116,18 +117,10 @@ def requirement_names(lines: list[str]) -> set[str]:
 
 
 def read_pyproject(root: Path) -> dict[str, Any]:
-    path = root / "pyproject.toml"
-    if not path.is_file():
-        return {}
     try:
-        import tomllib  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
-    try:
-        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise NotDetected(f"pyproject.toml: cannot read it: {exc}") from None
-    return data
+        return config.read_pyproject(root)
+    except ConveyorError as exc:
+        raise NotDetected(str(exc)) from None
 
 
 def dependencies(root: Path, pyproject: dict[str, Any]) -> set[str]:
