@@ -109,8 +109,7 @@ def run(runner: Runner, stack: Stack, *args: str, capture: bool = False, mutates
 def run_release(runner: Runner, stack: Stack, contract: AppContract) -> None:
     """The release command as a one-off of the HTTP process's service (else the first process's): the
     new image, the process environment, and its `depends_on` services started first."""
-    anchor = contract.web or contract.processes[0]
-    run(runner, stack, "run", "--rm", "--no-TTY", "--quiet-pull", anchor.name, *contract.release)
+    run(runner, stack, "run", "--rm", "--no-TTY", "--quiet-pull", contract.anchor.name, *contract.release)
 
 
 def validate(runner: Runner, stack: Stack, processes: list[str] | None = None) -> list[str]:

@@ -155,6 +155,12 @@ class AppContract:
         """The process that serves HTTP (at most one), if any."""
         return next((p for p in self.processes if p.http), None)
 
+    @property
+    def anchor(self) -> Process:
+        """The process a target reads "what serves" from and runs the release command as: the HTTP
+        one, else the first."""
+        return self.web or self.processes[0]
+
     def names(self) -> list[str]:
         return [p.name for p in self.processes]
 
@@ -668,7 +674,7 @@ def schema_table() -> str:
         if isinstance(default, (dict, tuple)) and not default:
             shown = "-"
         elif key == "processes":
-            shown = "`web` on port 8000, the image CMD"
+            shown = ", ".join(f"`{name}` ({describe_process(proc)})" for name, proc in _default_processes())
         elif default in (None, ""):
             shown = "-"
         else:
@@ -676,3 +682,7 @@ def schema_table() -> str:
         text = spec.help.replace("|", "/").replace("<", "&lt;")
         rows.append(f"| `{key}` | {shown} | {text} |")
     return "\n".join(rows) + "\n"
+
+
+def _default_processes() -> list[tuple[str, Process]]:
+    return [(p.name, p) for p in _processes(SCHEMA["processes"].default, "default", lambda _s: "default")]

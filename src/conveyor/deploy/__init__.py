@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from conveyor.config import Config
+from conveyor.config import ENV_DIR, Config
 from conveyor.deploy.journal import FileJournal
 from conveyor.deploy.model import Deployer, Lock, Release, Target
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConfigError, ConveyorError
 from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
 
@@ -87,6 +87,13 @@ def _not_available(cfg: Config) -> ConveyorError:
 
 
 def deployer_for(cfg: Config, runner: Runner, image: str) -> Deployer:
+    """The Deployer for the environment; refuses (before any change) a contract it could not verify."""
+    web = cfg.app.web
+    if web is not None and not cfg.env.url:
+        raise ConfigError(
+            f"{ENV_DIR}/{cfg.env.name}.yaml: process `{web.name}` serves HTTP, so the environment needs "
+            "`url` (where the smoke probe reaches it)"
+        )
     return Deployer(
         target=target_for(cfg, runner, image),
         runner=runner,

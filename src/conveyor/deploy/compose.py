@@ -15,7 +15,7 @@ from typing import Any
 
 from conveyor import compose
 from conveyor.compose import LABEL_IMAGE, LABEL_SHA, Stack
-from conveyor.config import AppContract, Process
+from conveyor.config import AppContract
 from conveyor.deploy.model import Change, Lock, Plan, Release, Revision, RolloutFailed
 from conveyor.docker_engine import DockerEngine
 from conveyor.errors import ConveyorError
@@ -68,12 +68,8 @@ class ComposeDeployTarget:
         )
         return [self.engine.container(container) for container in listed]
 
-    def _anchor(self) -> Process:
-        """The process whose container tells what serves: the HTTP one, else the first."""
-        return self.contract.web or self.contract.processes[0]
-
     def current(self) -> Revision | None:
-        running = [c for c in self._containers(self._anchor().name) if c["State"]["Running"]]
+        running = [c for c in self._containers(self.contract.anchor.name) if c["State"]["Running"]]
         if not running:
             return None
         info = running[0]
@@ -98,7 +94,7 @@ class ComposeDeployTarget:
         steps: list[str] = []
         if changes:
             if self.contract.release:
-                steps.append(f"one-off `{self._anchor().name}`: {' '.join(self.contract.release)}")
+                steps.append(f"one-off `{self.contract.anchor.name}`: {' '.join(self.contract.release)}")
             steps.append(f"up {', '.join(services)} (recreates what changed)")
         return Plan(self.env, self.kind, release, current, tuple(changes), tuple(steps))
 

@@ -265,9 +265,8 @@ class Deployer:
         if web is None:
             self.runner.say("smoke probe: no HTTP process; the orchestrator's report is the proof")
             return
-        if not self.url:
-            self.runner.say(f"smoke probe: SKIPPED, environment {self.env} has no `url`")
-            return
+        if not self.url:  # deployer_for refuses this before the lock; never report an unprobed success
+            raise RolloutFailed(f"environment {self.env} has no `url` to probe the HTTP process at")
         route = web.version or web.health or "/"
         url = self.url.rstrip("/") + route
         with self.runner.step(f"smoke probe {url}"):
