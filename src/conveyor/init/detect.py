@@ -30,6 +30,14 @@ MAX_BYTES = 1_000_000
 HEALTH = re.compile(r"^/?(health|healthz|_health|healthcheck|livez|ping)/?$")
 VERSION = re.compile(r"^/?(version|_version|__version__)/?$")
 VERSION_FIELDS = ("git_sha", "git_commit", "commit", "revision", "sha")
+# Where a route path is written: the first argument of a route decorator (``@app.get("/x")``,
+# ``@bp.route("/x")``, ``@router.api_route``), of a registering call (``app.add_url_rule("/x", ...)``) or
+# of a route object (Starlette ``Route("/x", ...)``, Django ``path("x", ...)`` / ``re_path(r"^x$", ...)``).
+ROUTE_DECORATORS = frozenset(
+    {"get", "head", "post", "put", "patch", "delete", "options", "route", "api_route"}
+)
+ROUTE_CALLS = frozenset({"add_url_rule", "add_api_route", "add_route", "Route", "path", "re_path"})
+ROUTE_KEYWORDS = ("path", "rule")
 # The app classes we recognise: class name -> (framework, the module it must be imported from).
 APP_CLASSES = {
     "FastAPI": ("fastapi", "fastapi"),
@@ -77,7 +85,9 @@ class Detected:
     version_field: str = "git_sha"
     app_file: str = ""  # where the app (Django: urls.py) lives, for the "add this" hints
     processes: tuple[ExtraProcess, ...] = ()
-    install: str = "requirements"  # requirements | pyproject
+    # requirements: pip install -r the requirements file; pyproject: the [project] dependencies only (the
+    # code is copied, not installed); package: pip install . (Poetry-only or dynamic dependencies).
+    install: str = "requirements"
     requirements: str = "requirements.txt"
     packages: tuple[str, ...] = ()  # what bandit scans
     pythons: tuple[str, ...] = ()  # declared by pyproject classifiers
@@ -116,6 +126,17 @@ def requirement_names(lines: list[str]) -> set[str]:
     return names
 
 
+def read_text(path: Path, root: Path, *, errors: str = "strict") -> str:
+    """A project file's text; unreadable or not UTF-8 is NotDetected naming the file (one line, exit 2)."""
+    rel = path.relative_to(root) if path.is_relative_to(root) else path
+    try:
+        return path.read_text(encoding="utf-8", errors=errors)
+    except UnicodeDecodeError as exc:
+        raise NotDetected(f"{rel}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise NotDetected(f"{rel}: cannot read it: {exc.strerror or exc}") from None
+
+
 def read_pyproject(root: Path) -> dict[str, Any]:
     try:
         return config.read_pyproject(root)
@@ -127,7 +148,7 @@ def dependencies(root: Path, pyproject: dict[str, Any]) -> set[str]:
     """Every dependency the project declares anywhere (runtime, extras, dev groups, requirements files)."""
     lines: list[str] = []
     for path in sorted({*root.glob("requirements*.txt"), *root.glob("requirements/*.txt")}):
-        lines += path.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines += read_text(path, root, errors="replace").splitlines()
     project = pyproject.get("project") or {}
     lines += [str(d) for d in project.get("dependencies") or []]
     for extra in (project.get("optional-dependencies") or {}).values():
@@ -150,6 +171,7 @@ class Module:
     module: str  # dotted import path
     tree: ast.Module
     strings: list[str]
+    routes: list[str]  # route paths, in source order (see ``route_paths``)
 
 
 def python_files(root: Path) -> Iterator[Path]:
@@ -194,7 +216,7 @@ def parse_modules(root: Path) -> list[Module]:
         strings = [
             n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
         ]
-        modules.append(Module(path, rel.as_posix(), module_name(rel), tree, strings))
+        modules.append(Module(path, rel.as_posix(), module_name(rel), tree, strings, route_paths(tree)))
     return modules
 
 
@@ -268,12 +290,48 @@ def app_candidates(modules: list[Module]) -> list[Candidate]:
     return sorted(found, key=Candidate.rank)
 
 
-def _route(strings: list[str], pattern: re.Pattern[str], *, django: bool) -> str:
-    hits = [s for s in strings if pattern.match(s)]
-    if not hits:
-        return ""
-    route = hits[0]
-    return "/" + route.lstrip("/") if django else route if route.startswith("/") else "/" + route
+def _called_name(call: ast.Call) -> str:
+    func = call.func
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+
+
+def _path_argument(call: ast.Call) -> str | None:
+    """The path a route call registers: its first positional argument, or ``path=`` / ``rule=``."""
+    candidates = call.args[:1] + [k.value for k in call.keywords if k.arg in ROUTE_KEYWORDS]
+    first = candidates[0] if candidates else None
+    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+        return first.value
+    return None
+
+
+def route_paths(tree: ast.Module) -> list[str]:
+    """The route paths a module declares; any other string (``action="version"``, a dict key) is not one."""
+    calls: list[ast.Call] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            calls += [
+                d
+                for d in node.decorator_list
+                if isinstance(d, ast.Call)
+                and isinstance(d.func, ast.Attribute)
+                and d.func.attr in ROUTE_DECORATORS
+            ]
+        elif isinstance(node, ast.Call) and _called_name(node) in ROUTE_CALLS:
+            calls.append(node)
+    found = []
+    for call in sorted(calls, key=lambda c: (c.lineno, c.col_offset)):
+        route = _path_argument(call)
+        if route is not None:
+            if _called_name(call) == "re_path":  # an anchored regex: ``^version/$`` is ``version/``
+                route = route.removeprefix("^").removesuffix("$")
+            found.append(route)
+    return found
+
+
+def _route(routes: list[str], pattern: re.Pattern[str]) -> str:
+    """The first route path matching ``pattern``, with a leading slash (Django paths have none)."""
+    route = next((r for r in routes if pattern.match(r)), None)
+    return "" if route is None else "/" + route.lstrip("/")
 
 
 def _version_field(strings: list[str]) -> str:
@@ -290,7 +348,7 @@ def procfile(root: Path) -> dict[str, tuple[str, ...]]:
     if not path.is_file():
         return {}
     out: dict[str, tuple[str, ...]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, root).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, sep, command = line.partition(":")
@@ -346,7 +404,7 @@ def _django(root: Path, modules: list[Module]) -> tuple[str, str] | None:
     manage = root / "manage.py"
     if not manage.is_file():
         return None
-    text = manage.read_text(encoding="utf-8", errors="replace")
+    text = read_text(manage, root, errors="replace")
     if "django" not in text.lower():
         return None
     match = re.search(r"DJANGO_SETTINGS_MODULE['\"]\s*,\s*['\"]([\w.]+)['\"]", text)
@@ -399,6 +457,7 @@ def detect(root: Path) -> Detected:
         server, factory = "gunicorn", False
         release = DJANGO_RELEASE
         route_strings = [s for m in modules if m.rel.endswith("urls.py") for s in m.strings]
+        routes = [r for m in modules if m.rel.endswith("urls.py") for r in m.routes]
         if "django" not in deps:
             missing.append("django")
     else:
@@ -422,6 +481,8 @@ def detect(root: Path) -> Detected:
             missing.append(framework)
         route_strings = [s for m in modules if m.rel == best.rel for s in m.strings]
         route_strings += [s for m in modules if m.rel != best.rel for s in m.strings]
+        routes = [r for m in modules if m.rel == best.rel for r in m.routes]
+        routes += [r for m in modules if m.rel != best.rel for r in m.routes]
     if server not in deps:
         missing.append(server)
     if server == "uvicorn":
@@ -429,9 +490,8 @@ def detect(root: Path) -> Detected:
         command += ("--factory",) if factory else ()
     else:
         command = ("gunicorn", "--bind", f"0.0.0.0:{PORT}", "--workers", "2", "--access-logfile", "-", entry)
-    is_django = framework == "django"
-    health = _route(route_strings, HEALTH, django=is_django)
-    version = _route(route_strings, VERSION, django=is_django)
+    health = _route(routes, HEALTH)
+    version = _route(routes, VERSION)
 
     extra: list[ExtraProcess] = []
     procs = procfile(root)
@@ -450,14 +510,19 @@ def detect(root: Path) -> Detected:
     if celery and not any(p.command[:1] == ("celery",) for p in extra):
         extra.append(ExtraProcess("celery", tuple(CELERY_WORKER.format(module=celery).split()), "celery"))
 
-    has_project = bool(pyproject.get("project") or (pyproject.get("tool") or {}).get("poetry"))
+    project = pyproject.get("project") or {}
+    poetry = (pyproject.get("tool") or {}).get("poetry")
     requirements = "requirements.txt"
-    install = "requirements" if (root / requirements).is_file() or not has_project else "pyproject"
+    if (root / requirements).is_file() or not (project or poetry):
+        install = "requirements"
+    elif project and "dependencies" not in (project.get("dynamic") or []):
+        install = "pyproject"
+    else:
+        install = "package"
     if install == "requirements" and not (root / requirements).is_file():
         notes.append(
             "no requirements.txt nor [project] in pyproject.toml: the Dockerfile expects requirements.txt"
         )
-    project = pyproject.get("project") or {}
     pythons = tuple(
         sorted(
             {

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from conveyor.errors import ConveyorError
 from conveyor.init.detect import HTTP_PROCESS as WEB
 from conveyor.init.detect import PORT, Detected
 
@@ -91,7 +92,7 @@ def render(det: Detected, *, branch: str = "main") -> dict[str, str]:
     install = (
         fill("install-requirements.tmpl", {"requirements": det.requirements})
         if det.install == "requirements"
-        else template("install-pyproject.tmpl")
+        else template(f"install-{det.install}.tmpl")
     )
     files: dict[str, str] = {}
     files["Dockerfile"] = fill(
@@ -100,7 +101,7 @@ def render(det: Detected, *, branch: str = "main") -> dict[str, str]:
             "project": project,
             "install": install,
             "pythonpath": " \\\n    PYTHONPATH=/srv/app/src"
-            if det.src_layout and det.install == "requirements"
+            if det.src_layout and det.install != "package"  # the code is copied, not installed
             else "",
             "port": str(PORT),
             "health": health,
@@ -152,9 +153,8 @@ def render(det: Detected, *, branch: str = "main") -> dict[str, str]:
         {"project": project, "http_process": WEB, "services": "\n".join(services).rstrip("\n")},
     )
     files.update(_k8s(det))
-    healthcheck = (
-        "" if det.processes else fill("taskdef-healthcheck.tmpl", {"port": str(PORT), "health": health})
-    )
+    # The HTTP healthCheck is dropped from the other processes' task definitions when they are rendered.
+    healthcheck = fill("taskdef-healthcheck.tmpl", {"port": str(PORT), "health": health})
     files["deploy/ecs/taskdef.yaml"] = fill(
         "taskdef.yaml.tmpl", {"project": project, "port": str(PORT), "healthcheck": healthcheck}
     )
@@ -196,12 +196,11 @@ def _k8s(det: Detected) -> dict[str, str]:
     return files
 
 
-def render_ci(root: Path, files: Mapping[str, str]) -> dict[str, str]:
+def render_ci(root: Path, files: Mapping[str, str], *, branch: str) -> dict[str, str]:
     """The GitHub and GitLab CI files, rendered by conveyor.pipeline from the config as it will be on disk:
-    the files this run writes, else those already there."""
+    the files this run writes, else those already there. ``branch`` is the one ``render`` was given."""
     from conveyor import config, pipeline
     from conveyor.doctor import python_versions
-    from conveyor.runner import Runner
     from conveyor.tasks import task_names
 
     needed = ["invoke.yaml", "pyproject.toml", "ci/pipeline.yaml", "deploy/environments/local.yaml"]
@@ -217,9 +216,6 @@ def render_ci(root: Path, files: Mapping[str, str]) -> dict[str, str]:
         cfg = config.load(scratch, "local", environ={})
         pipe = pipeline.load(scratch / pipeline.PIPELINE_FILE, task_names())
         pythons = python_versions(scratch / "pyproject.toml")
-        branch = pipeline.default_branch(
-            Runner(echo=False), root, cfg.ci.default_branch, cfg.values["ci.default_branch"].source
-        )
     return {
         str(pipeline.GITHUB_FILE): pipeline.render_github(pipe, pythons, cfg.ci, branch),
         str(pipeline.GITLAB_FILE): pipeline.render_gitlab(pipe, pythons, cfg.ci),
@@ -240,7 +236,10 @@ def _existing(root: Path, rel: str) -> str | None:
     path = root / rel
     if not path.is_file():
         return None
-    return path.read_text(encoding="utf-8", errors="replace")
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConveyorError(f"{rel}: cannot read it: {exc.strerror or exc}") from None
 
 
 def changes(root: Path, files: Mapping[str, str], *, force: bool) -> dict[str, str | None]:
@@ -268,15 +267,21 @@ def diff(root: Path, files: Mapping[str, str], *, force: bool) -> str:
 
 def apply(root: Path, files: Mapping[str, str], *, force: bool) -> Outcome:
     todo = changes(root, files, force=force)
-    written, skipped, unchanged = [], [], []
+    written: list[str] = []
+    skipped: list[str] = []
+    unchanged: list[str] = []
     for rel, text in files.items():
         if rel in todo:
             path = root / rel
             if path.is_symlink() or (path.exists() and not path.is_file()):
                 skipped.append(rel)
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                done = f" (wrote {', '.join(written)} before it)" if written else ""
+                raise ConveyorError(f"{rel}: cannot write it: {exc.strerror or exc}{done}") from None
             written.append(rel)
         elif _existing(root, rel) == text:
             unchanged.append(rel)
