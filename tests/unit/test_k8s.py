@@ -242,7 +242,7 @@ def test_generated_kustomization_sets_digest_and_args_per_process_and_leaves_com
 ) -> None:
     before = {p: p.read_text() for p in (project.root / "k8s").rglob("*.yaml")}
     _, target, _ = make(project, FakeKube(NS))
-    folder = write_kustomization(target.cfg, NEW, "tester", target.workloads)
+    folder = write_kustomization(target.cfg, NEW, "tester", target.workloads, base=target.base)
     assert folder == project.root / "build/k8s/production"
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
     assert kustomization["resources"] == ["../../../k8s/overlays/production"]  # relative: kustomize needs it
@@ -286,6 +286,90 @@ def test_the_placeholder_image_is_k8s_image(project: Project) -> None:
     assert {
         o["spec"]["template"]["spec"]["containers"][-1]["image"] for o in objects if o["kind"] == "Deployment"
     } == {NEW.image}
+
+
+def with_vars(project: Project, variables: str) -> None:
+    """The fixture project's environment file with this `vars:` block (production-like: LOG_LEVEL)."""
+    path = project.root / "deploy/environments/production.yaml"
+    path.write_text(path.read_text().split("vars:\n")[0] + "vars:\n" + variables)
+
+
+VARS = "  LOG_LEVEL: warning\n  FEATURE_FLAGS: 'search,$(HOSTNAME),a$$b'\n"
+
+
+def test_vars_reach_every_app_container_over_its_own_env_and_no_sidecar(project: Project) -> None:
+    web_app = {**WEB_APP, "env": [{"name": "LOG_LEVEL", "value": "debug"}, {"name": "TZ", "value": "UTC"}]}
+    write_manifests(project, [deployment(WEB, "web", [web_app], 2), web_and_worker()[1]], (SERVICE,))
+    with_vars(project, VARS)
+    _, target, _ = make(project, FakeKube(NS))
+    objects = target.render(NEW, require_digest=True)
+    deps = {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in objects if o["kind"] == "Deployment"
+    }
+    flags = {"name": "FEATURE_FLAGS", "value": "search,$$(HOSTNAME),a$$$$b"}  # as written, not expanded
+    [web] = deps[WEB]["containers"]
+    # the environment wins on LOG_LEVEL, in the manifest's place; TZ stays; the other vars follow by name
+    assert web["env"] == [{"name": "LOG_LEVEL", "value": "warning"}, {"name": "TZ", "value": "UTC"}, flags]
+    assert web["envFrom"] == [{"secretRef": {"name": "shop-env"}}]
+    shipper, worker = deps[WORKER]["containers"]
+    assert worker["env"] == [flags, {"name": "LOG_LEVEL", "value": "warning"}]
+    assert worker["envFrom"] == [{"secretRef": {"name": "shop-env"}}]
+    assert worker["args"] == ["shop", "work", "--queue", "default"]  # the same JSON patch sets both
+    assert "env" not in shipper
+    assert shipper == {**SHIPPER, "resources": LIMITS, "securityContext": RESTRICTED}
+
+
+def test_without_vars_the_manifests_env_is_left_alone(project: Project) -> None:
+    web_app = {**WEB_APP, "env": [{"name": "TZ", "value": "UTC"}]}
+    write_manifests(project, [deployment(WEB, "web", [web_app], 2), web_and_worker()[1]], (SERVICE,))
+    _, target, _ = make(project, FakeKube(NS))
+    kustomization = (project.root / "build/k8s/production/kustomization.yaml").read_text()
+    assert "/env" not in kustomization
+    deps = {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"]
+        for o in target.render(NEW, require_digest=True)
+        if o["kind"] == "Deployment"
+    }
+    assert deps[WEB]["containers"][0]["env"] == [{"name": "TZ", "value": "UTC"}]
+    assert all("env" not in c for c in deps[WORKER]["containers"])
+
+
+def test_vars_are_deployed_and_changed_ones_listed_in_the_plan_masked_when_secret_like(
+    project: Project,
+) -> None:
+    kube = seeded(project)  # OLD runs without vars
+    with_vars(project, "  LOG_LEVEL: warning\n  SENTRY_API_KEY: k8s-not-shown-4d1\n")
+    deployer, target, out = make(project, kube)
+    what = {c.what: (c.old, c.new) for c in target.plan(NEW).changes}
+    for process in ("web", "worker"):
+        assert what[f"process {process} env LOG_LEVEL"] == ("", "warning")
+        assert what[f"process {process} env SENTRY_API_KEY"] == ("", "***")
+    deployer.deploy(NEW)
+    for name in (WEB, WORKER):
+        assert kube.container(name, "app")["env"] == [
+            {"name": "LOG_LEVEL", "value": "warning"},
+            {"name": "SENTRY_API_KEY", "value": "k8s-not-shown-4d1"},
+        ]
+    assert "env" not in kube.container(WORKER, "log-shipper")
+    assert "env" in job_of(kube)["spec"]["template"]["spec"]["containers"][0]  # the release Job has them
+    assert "k8s-not-shown-4d1" not in out.getvalue()
+    with_vars(project, "  LOG_LEVEL: info\n")  # LOG_LEVEL changes, SENTRY_API_KEY is dropped
+    _, target, _ = make(project, kube)
+    env_changes = [(c.what, c.old, c.new) for c in target.plan(NEW).changes if " env " in c.what]
+    assert env_changes == [
+        ("process web env LOG_LEVEL", "warning", "info"),
+        ("process web env SENTRY_API_KEY", "***", "(removed)"),
+        ("process worker env LOG_LEVEL", "warning", "info"),
+        ("process worker env SENTRY_API_KEY", "***", "(removed)"),
+    ]
+
+
+def test_offline_plan_lists_the_vars_it_will_set(project: Project) -> None:
+    with_vars(project, "  LOG_LEVEL: warning\n  DB_PASSWORD: hunter2\n")
+    _, target, _ = make(project, FakeKube(NS, context=None))
+    what = {c.what: (c.old, c.new) for c in target.plan(NEW).changes}
+    assert what["process worker env LOG_LEVEL"] == ("unknown (no cluster)", "warning")
+    assert what["process web env DB_PASSWORD"] == ("unknown (no cluster)", "***")
 
 
 @pytest.mark.parametrize(
@@ -789,4 +873,6 @@ def test_reference_project_contract_matches_its_production_overlay(tmp_path: Pat
         assert app["image"] == release.image
         if proc.command:
             assert app["args"] == list(proc.command)
+        assert {"name": "LOG_LEVEL", "value": cfg.env.vars["LOG_LEVEL"]} in app["env"]
+        assert app["envFrom"]  # untouched: the ConfigMap and the Secret stay
     assert plan.detail.secret == "conveyor-demo"

@@ -8,7 +8,8 @@ through a generated kustomization in build/k8s/<env>/ that points at the overlay
 - its app container is the container whose image is the placeholder ``k8s.image`` (sidecars keep theirs);
 - the wrapper sets the placeholder to the release image (by digest), the app container's ``args`` to the
   process command when the contract gives one (``args``, not ``command``: the image's ENTRYPOINT stays),
-  and conveyor's annotations on each process's Deployment and pod template.
+  the app container's ``env`` to its own with the environment's ``vars`` over it, and conveyor's
+  annotations on each process's Deployment and pod template.
 """
 
 from __future__ import annotations
@@ -156,8 +157,31 @@ def discover(
     return tuple(workloads)
 
 
-def write_kustomization(cfg: Config, release: Release, deployer: str, workloads: Sequence[Workload]) -> Path:
-    """build/k8s/<env>/kustomization.yaml: the overlay + image + per-process patches. Returns its folder."""
+def app_env(container: Mapping[str, Any], variables: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The container's ``env`` with the environment's ``vars`` over it: an entry of the same name becomes
+    the var, in its place; the other vars follow by name. ``$`` is doubled so that Kubernetes passes the
+    value as written (it expands ``$(NAME)`` and reads ``$$`` as ``$``), as compose and ECS do."""
+    literal = {name: value.replace("$", "$$") for name, value in variables.items()}
+    env = [
+        {"name": e["name"], "value": literal[e["name"]]} if e.get("name") in literal else dict(e)
+        for e in container.get("env") or []
+    ]
+    present = {e.get("name") for e in env}
+    env += [{"name": name, "value": literal[name]} for name in sorted(literal) if name not in present]
+    return env
+
+
+def write_kustomization(
+    cfg: Config,
+    release: Release,
+    deployer: str,
+    workloads: Sequence[Workload],
+    *,
+    base: Sequence[Mapping[str, Any]],
+) -> Path:
+    """build/k8s/<env>/kustomization.yaml: the overlay + image + per-process patches. Returns its folder.
+
+    ``base`` is the overlay as rendered (the app containers' own ``env`` is read there)."""
     overlay = overlay_dir(cfg)
     folder = cfg.root / BUILD_DIR / cfg.env.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,11 +203,15 @@ def write_kustomization(cfg: Config, release: Release, deployer: str, workloads:
             "spec": {"template": {"metadata": {"annotations": {ANN_SHA: release.git_sha}}}},
         }
         patches.append({"target": target, "patch": yaml.safe_dump(merge, sort_keys=False)})
-        if commands[w.process]:  # a JSON patch by position: the containers keep their order
-            args = {"op": "add", "path": f"/spec/template/spec/containers/{w.index}/args"}
-            patches.append(
-                {"target": target, "patch": json.dumps([{**args, "value": list(commands[w.process])}])}
-            )
+        container = f"/spec/template/spec/containers/{w.index}"  # JSON patches by position: order stays
+        ops: list[dict[str, Any]] = []
+        if commands[w.process]:
+            ops.append({"op": "add", "path": f"{container}/args", "value": list(commands[w.process])})
+        if cfg.env.vars:  # the whole list: a JSON patch cannot merge into a list by name
+            own = app_container(deployment_of(base, w)["spec"]["template"]["spec"], w)
+            ops.append({"op": "add", "path": f"{container}/env", "value": app_env(own, cfg.env.vars)})
+        if ops:
+            patches.append({"target": target, "patch": json.dumps(ops)})
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from conveyor.config import Config
+from conveyor.config import SECRET_LIKE, Config
 from conveyor.deploy.k8s.kubectl import KubeApi
 from conveyor.deploy.k8s.render import (
     ANN_SHA,
@@ -147,8 +147,8 @@ class K8sDeployTarget:
         self.lock: Lock = LeaseLock(kube, self.namespace, cfg.env.name)
         # Static checks before anything is pushed or called: the overlay renders, every process is found.
         overlay = overlay_dir(cfg)
-        found = parse(kube.kustomize(overlay))
-        self.workloads = discover(found, cfg.app, cfg.env.k8s.image, cfg.env.k8s.overlay)
+        self.base = parse(kube.kustomize(overlay))  # the overlay as committed: the app containers' own env
+        self.workloads = discover(self.base, cfg.app, cfg.env.k8s.image, cfg.env.k8s.overlay)
         anchor = cfg.app.web or cfg.app.processes[0]
         self.anchor = next(w for w in self.workloads if w.process == anchor.name)
         objects = self.render(Release(f"{cfg.env.k8s.image}:current", "0" * 40), require_digest=False)
@@ -156,7 +156,7 @@ class K8sDeployTarget:
         self._secret_sent: Plan | None = None
 
     def render(self, release: Release, *, require_digest: bool) -> list[dict[str, Any]]:
-        folder = write_kustomization(self.cfg, release, self.deployer, self.workloads)
+        folder = write_kustomization(self.cfg, release, self.deployer, self.workloads, base=self.base)
         objects = parse(self.kube.kustomize(folder))
         check_manifests(objects, self.namespace, self.workloads, require_digest=require_digest)
         return objects
@@ -196,10 +196,13 @@ class K8sDeployTarget:
             context = self.kube.current_context()
         except ConfigError as exc:
             steps.insert(0, f"NOT CONNECTED ({exc}): rendered and validated offline only")
-            changes = [
-                Change(f"process {w.process} image", "unknown (no cluster)", release.image)
-                for w in self.workloads
-            ]
+            changes = []
+            for w in self.workloads:
+                changes.append(Change(f"process {w.process} image", "unknown (no cluster)", release.image))
+                changes += [
+                    Change(f"process {w.process} env {name}", "unknown (no cluster)", _shown(name, value))
+                    for name, value in sorted(self.cfg.env.vars.items())
+                ]
             detail = Rendered(objects, self.workloads, {}, secret)
             return Plan(
                 self.cfg.env.name, self.kind, release, None, tuple(changes), tuple(steps), detail, stream
@@ -219,6 +222,7 @@ class K8sDeployTarget:
                 changes.append(Change(f"process {w.process} image", str(old.get("image", "")), release.image))
             if old.get("args") != new.get("args") and (live is not None or new.get("args")):
                 changes.append(Change(f"process {w.process} args", _argv(old), _argv(new)))
+            changes += _env_changes(w.process, old, new)
         diff = self.kube.diff(stream)
         changed = {
             line.split()[-2].rsplit("/", 1)[-1] for line in diff.splitlines() if line.startswith("diff -u -N")
@@ -395,6 +399,33 @@ def _owned_by(rs: Mapping[str, Any], dep: Mapping[str, Any]) -> bool:
         and (uid is None or ref.get("uid") == uid)
         for ref in rs["metadata"].get("ownerReferences") or []
     )
+
+
+def _env_changes(process: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    """The app container's variables that change (the environment's ``vars`` among them), by name;
+    values of secret-looking names are masked."""
+    before, after = _env(old), _env(new)
+    return [
+        Change(
+            f"process {process} env {name}",
+            _shown(name, before.get(name, "")),
+            _shown(name, after[name]) if name in after else "(removed)",
+        )
+        for name in sorted(set(before) | set(after))
+        if before.get(name) != after.get(name)
+    ]
+
+
+def _env(container: Mapping[str, Any]) -> dict[str, str]:
+    """name -> value as the process sees it (``$$`` is Kubernetes' escape for ``$``)."""
+    return {
+        str(e.get("name")): "(valueFrom)" if "valueFrom" in e else str(e.get("value", "")).replace("$$", "$")
+        for e in container.get("env") or []
+    }
+
+
+def _shown(name: str, value: str) -> str:
+    return "***" if value and SECRET_LIKE.search(name) and value != "(valueFrom)" else value
 
 
 def _argv(container: Mapping[str, Any]) -> str:
