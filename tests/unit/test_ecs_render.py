@@ -239,6 +239,22 @@ def test_a_first_deploy_shows_everything_and_a_process_change_shows_its_command_
     assert switched["healthCheck"] == ("CMD curl -f http://127.0.0.1:8000/health", "CMD python -m app hc")
 
 
+def test_variables_whose_name_looks_secret_are_masked_old_and_new() -> None:
+    def with_env(variables: dict[str, str]) -> dict[str, Any]:
+        inputs = Inputs(IMAGE, "b" * 40, "tester", variables, {}, INPUTS.substitutions)
+        return render(template(), WEB, family="demo", container="app", inputs=inputs)
+
+    live = with_env({"API_KEY": "old-key", "DB_PASSWORD": "hunter2", "LOG_LEVEL": "info"})
+    new = with_env({"API_KEY": "new-key", "STRIPE_TOKEN": "tok", "LOG_LEVEL": "debug"})
+    assert changes(live, new) == {
+        "env API_KEY": ("***", "***"),  # a changed value still shows as a change
+        "env DB_PASSWORD": ("***", "(removed)"),
+        "env STRIPE_TOKEN": ("", "***"),
+        "env LOG_LEVEL": ("info", "debug"),
+    }
+    assert changes(live, live) == {}
+
+
 def test_sidecar_images_and_an_app_container_under_another_name() -> None:
     new = render(template(), WEB, family="demo", container="app", inputs=INPUTS)
     live = copy.deepcopy(new)
@@ -375,3 +391,108 @@ def test_a_bad_template_is_named_by_its_configured_path(tmp_path: Path, text: st
         load_template(path, name="deploy/ecs/taskdef.yaml")
     assert str(exc.value).startswith("deploy/ecs/taskdef.yaml")
     assert message in str(exc.value)
+
+
+# A container that is fine; each case below breaks one key of it (or of the template).
+GOOD_CONTAINER = "name: web, image: x, portMappings: [{containerPort: 8000}], command: [serve]"
+
+
+@pytest.mark.parametrize(
+    ("containers", "message"),
+    [
+        (
+            "[{name: web, environment: {A: '1'}}]",
+            "containerDefinitions[0] (web): `environment` must be a list of {name, value} mappings, "
+            "got a mapping; write one `- {name: ..., value: ...}` per entry",
+        ),
+        (
+            "[{name: web, environment: [{name: A}]}]",
+            "containerDefinitions[0] (web): `environment[0]` (A) needs a string `value`, got nothing",
+        ),
+        (
+            "[{name: web, environment: [A=1]}]",
+            "containerDefinitions[0] (web): `environment[0]` must be a {name, value} mapping, got a string",
+        ),
+        (
+            "[{name: web, secrets: [{name: DB, value: arn:x}]}]",
+            "containerDefinitions[0] (web): `secrets[0]` (DB) needs a string `valueFrom`, got nothing",
+        ),
+        (
+            "[{name: web, secrets: [{valueFrom: arn:x}]}]",
+            "containerDefinitions[0] (web): `secrets[0]` needs a string `name`, got nothing",
+        ),
+        (
+            "[{name: web, portMappings: {containerPort: 8000}}]",
+            "containerDefinitions[0] (web): `portMappings` must be a list of {containerPort, protocol} "
+            "mappings, got a mapping",
+        ),
+        (
+            "[{name: web, portMappings: ['8000:8000']}]",
+            "containerDefinitions[0] (web): `portMappings[0]` must be a mapping, got a string",
+        ),
+        (
+            "[{name: web, portMappings: [{containerPort: '8000'}]}]",
+            "containerDefinitions[0] (web): `portMappings[0]` needs an integer `containerPort`, got a string",
+        ),
+        (
+            "[{name: web, command: python -m app}]",
+            "containerDefinitions[0] (web): `command` must be a list of strings (exec form), got a string",
+        ),
+        (
+            "[{name: web, command: [sleep, 5]}]",
+            "containerDefinitions[0] (web): `command[1]` must be a string (quote it), got an integer",
+        ),
+        (
+            "[{" + GOOD_CONTAINER + "}, {name: proxy, entryPoint: {sh: -c}}]",
+            "containerDefinitions[1] (proxy): `entryPoint` must be a list of strings (exec form), "
+            "got a mapping",
+        ),
+        (
+            "{web: {image: x}}",
+            "containerDefinitions must be a list of container mappings, got a mapping",
+        ),
+        (
+            "[{" + GOOD_CONTAINER + "}, web]",
+            "containerDefinitions[1] must be a container mapping, got a string",
+        ),
+        ("[{name: 7, image: x}]", "containerDefinitions[0]: `name` must be a string, got an integer"),
+    ],
+    ids=[
+        "environment-compose-mapping",
+        "environment-without-value",
+        "environment-item-a-string",
+        "secrets-without-valueFrom",
+        "secrets-without-name",
+        "portMappings-a-mapping",
+        "portMappings-item-a-string",
+        "portMappings-port-a-string",
+        "command-a-string",
+        "command-item-a-number",
+        "entryPoint-a-mapping",
+        "containerDefinitions-a-mapping",
+        "containerDefinitions-item-a-string",
+        "containerDefinitions-name-a-number",
+    ],
+)
+def test_a_wrongly_shaped_template_is_one_line_naming_the_container_and_key(
+    tmp_path: Path, containers: str, message: str
+) -> None:
+    path = tmp_path / "taskdef.yaml"
+    path.write_text(f"family: demo\ncontainerDefinitions: {containers}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_template(path, name="deploy/ecs/taskdef.yaml")
+    assert str(exc.value) == f"deploy/ecs/taskdef.yaml: {message}"
+
+
+def test_a_well_shaped_template_loads_and_renders(tmp_path: Path) -> None:
+    path = tmp_path / "taskdef.yaml"
+    path.write_text(
+        "family: demo\n"
+        "containerDefinitions:\n"
+        "  - {" + GOOD_CONTAINER + ", entryPoint: [/init], environment: [{name: N, value: 1}],"
+        " secrets: [{name: S, valueFrom: 'arn:x'}]}\n"
+        "  - {name: proxy, image: y, environment: null, portMappings: [{containerPortRange: '9000-9001'}]}\n"
+    )
+    app = container(render(load_template(path), WEB, family="demo", container="web", inputs=INPUTS), "web")
+    assert pairs(app["environment"], "value")["N"] == "1"
+    assert pairs(app["secrets"], "valueFrom")["S"] == "arn:x"

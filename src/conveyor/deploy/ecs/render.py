@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor import __version__
-from conveyor.config import AppContract, Config, EcsTarget, Process, read_yaml
+from conveyor.config import SECRET_LIKE, AppContract, Config, EcsTarget, Process, read_yaml
 from conveyor.deploy.model import Change
 from conveyor.errors import ConfigError
 
@@ -127,17 +127,93 @@ def load_template(path: Path, *, name: str = "") -> dict[str, Any]:
     if not isinstance(data, dict) or not data.get("containerDefinitions"):
         raise ConfigError(f"{where}: expected a task definition with containerDefinitions")
     containers = data["containerDefinitions"]
-    if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
-        raise ConfigError(f"{where}: containerDefinitions must be a list of container mappings")
+    if not isinstance(containers, list):
+        raise ConfigError(
+            f"{where}: containerDefinitions must be a list of container mappings, got {_kind(containers)}"
+        )
     if not isinstance(data.get("family"), str) or not data["family"]:
         raise ConfigError(f"{where}: missing `family` (the task definition family of the HTTP process)")
     _check_keys(data, _members("RegisterTaskDefinition"), where)
     container_keys = _members("RegisterTaskDefinition", "ContainerDefinition")
     for i, container in enumerate(containers):
-        _check_keys(container, container_keys, f"{where}: containerDefinitions[{i}]")
-        if not isinstance(container.get("name"), str) or not container["name"]:
-            raise ConfigError(f"{where}: containerDefinitions[{i}] has no `name`")
+        at = f"{where}: containerDefinitions[{i}]"
+        if not isinstance(container, dict):
+            raise ConfigError(f"{at} must be a container mapping, got {_kind(container)}")
+        label = container.get("name")
+        if label is None or label == "":
+            raise ConfigError(f"{at} has no `name`")
+        if not isinstance(label, str):
+            raise ConfigError(f"{at}: `name` must be a string, got {_kind(label)}")
+        at = f"{at} ({label})"
+        _check_keys(container, container_keys, at)
+        _check_shapes(container, at)
     return data
+
+
+def _check_shapes(container: Mapping[str, Any], where: str) -> None:
+    """The values rendering and RegisterTaskDefinition rely on: ``where`` is the template and container."""
+    for key, field in (("environment", "value"), ("secrets", "valueFrom")):
+        _check_pairs(container.get(key), key, field, where)
+    for key in ("command", "entryPoint"):
+        argv = container.get(key)
+        if argv is None:
+            continue
+        if not isinstance(argv, list):
+            raise ConfigError(f"{where}: `{key}` must be a list of strings (exec form), got {_kind(argv)}")
+        for j, arg in enumerate(argv):
+            if not isinstance(arg, str):
+                raise ConfigError(f"{where}: `{key}[{j}]` must be a string (quote it), got {_kind(arg)}")
+    mappings = container.get("portMappings")
+    if mappings is None:
+        return
+    if not isinstance(mappings, list):
+        raise ConfigError(
+            f"{where}: `portMappings` must be a list of {{containerPort, protocol}} mappings, "
+            f"got {_kind(mappings)}"
+        )
+    for j, mapping in enumerate(mappings):
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{where}: `portMappings[{j}]` must be a mapping, got {_kind(mapping)}")
+        port = mapping.get("containerPort")
+        if port is None and "containerPortRange" in mapping:
+            continue
+        if not isinstance(port, int) or isinstance(port, bool):
+            raise ConfigError(
+                f"{where}: `portMappings[{j}]` needs an integer `containerPort`, got {_kind(port)}"
+            )
+
+
+def _check_pairs(items: Any, key: str, field: str, where: str) -> None:
+    """``environment`` / ``secrets``: a list of ``{name, <field>}`` mappings (not compose's NAME: value)."""
+    if items is None:
+        return
+    if not isinstance(items, list):
+        hint = f"; write one `- {{name: ..., {field}: ...}}` per entry" if isinstance(items, dict) else ""
+        raise ConfigError(
+            f"{where}: `{key}` must be a list of {{name, {field}}} mappings, got {_kind(items)}{hint}"
+        )
+    for j, item in enumerate(items):
+        at = f"{where}: `{key}[{j}]`"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at} must be a {{name, {field}}} mapping, got {_kind(item)}")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{at} needs a string `name`, got {_kind(name)}")
+        value = item.get(field)
+        # ECS takes strings; a YAML number is written as its text (valueFrom is always a reference).
+        scalar = (str,) if field == "valueFrom" else (str, int, float)
+        if not isinstance(value, scalar):
+            raise ConfigError(f"{at} ({name}) needs a string `{field}`, got {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    """How an error names what it found instead."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _members(operation: str, shape: str | None = None) -> set[str]:
@@ -297,7 +373,8 @@ HEALTH_SHOWN = 80  # characters of a healthCheck command shown in a plan
 
 def diff(live: Mapping[str, Any] | None, new: Mapping[str, Any], *, container: str) -> list[Change]:
     """What changes from the live task definition to the new one (of one process). Secrets show their
-    ``valueFrom`` only; removed variables and secrets are changes too."""
+    ``valueFrom`` only, variables whose name looks secret show ``***``; removed variables and secrets are
+    changes too."""
     live = live or {}
     changes: list[Change] = []
 
@@ -317,7 +394,10 @@ def diff(live: Mapping[str, Any] | None, new: Mapping[str, Any], *, container: s
     old_env = _pairs(old_c.get("environment"), "value")
     new_env = _pairs(new_c.get("environment"), "value")
     for name in sorted((set(old_env) | set(new_env)) - {"IMAGE_DIGEST"}):  # IMAGE_DIGEST follows image
-        note(f"env {name}", old_env.get(name, ""), new_env.get(name, REMOVED))
+        if old_env.get(name, "") != new_env.get(name, REMOVED):  # compared in clear, shown masked
+            old = _shown(name, old_env[name]) if name in old_env else ""
+            now = _shown(name, new_env[name]) if name in new_env else REMOVED
+            changes.append(Change(f"env {name}", old, now))
     old_secrets = _pairs(old_c.get("secrets"), "valueFrom")
     new_secrets = _pairs(new_c.get("secrets"), "valueFrom")
     for name in sorted(set(old_secrets) | set(new_secrets)):
@@ -331,6 +411,11 @@ def diff(live: Mapping[str, Any] | None, new: Mapping[str, Any], *, container: s
         new_image = str(new_side[name].get("image", "")) if name in new_side else REMOVED
         note(f"sidecar {name} image", old_image, new_image)
     return changes
+
+
+def _shown(name: str, value: str) -> str:
+    """A variable's value for a plan line: ``***`` when its name looks secret (``SECRET_LIKE``)."""
+    return "***" if value and SECRET_LIKE.search(name) else value
 
 
 def _argv(command: Any, known: bool) -> str:
