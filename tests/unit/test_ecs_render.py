@@ -13,7 +13,6 @@ from conveyor import config
 from conveyor.config import AppContract, EcsTarget, Process
 from conveyor.deploy.ecs import (
     Inputs,
-    anchor,
     app_container,
     check_static,
     diff,
@@ -170,7 +169,7 @@ def ecs_target(**kwargs: Any) -> EcsTarget:
 
 
 def test_services_and_families_default_from_the_anchor() -> None:
-    assert anchor(CONTRACT) is WEB
+    assert CONTRACT.anchor is WEB
     assert service_names(ecs_target(), CONTRACT) == {"web": "demo", "worker": "demo-worker"}
     assert family_names("fam", CONTRACT) == {"web": "fam", "worker": "fam-worker"}
     explicit = ecs_target(services={"worker": "jobs"})
@@ -179,7 +178,7 @@ def test_services_and_families_default_from_the_anchor() -> None:
 
 def test_without_an_http_process_the_first_process_is_the_anchor() -> None:
     contract = AppContract((WORKER, Process("beat")))
-    assert anchor(contract) is WORKER
+    assert contract.anchor is WORKER
     assert service_names(ecs_target(), contract) == {"worker": "demo", "beat": "demo-beat"}
     assert family_names("fam", contract) == {"worker": "fam", "beat": "fam-beat"}
 

@@ -66,15 +66,10 @@ class Inputs:
 # --- names -----------------------------------------------------------------------------------------
 
 
-def anchor(contract: AppContract) -> Process:
-    """The process that stands for the deploy (current revision, release command): HTTP, else the first."""
-    return contract.web or contract.processes[0]
-
-
 def service_names(ecs: EcsTarget, contract: AppContract) -> dict[str, str]:
     """process -> ECS service: ``ecs.services``, else ``ecs.service`` for the anchor and
     ``<ecs.service>-<process>`` for the others."""
-    first = anchor(contract).name
+    first = contract.anchor.name
     return {
         p.name: ecs.services.get(p.name) or (ecs.service if p.name == first else f"{ecs.service}-{p.name}")
         for p in contract.processes
@@ -83,7 +78,7 @@ def service_names(ecs: EcsTarget, contract: AppContract) -> dict[str, str]:
 
 def family_names(family: str, contract: AppContract) -> dict[str, str]:
     """process -> task definition family: the template's for the anchor, ``<family>-<process>`` else."""
-    first = anchor(contract).name
+    first = contract.anchor.name
     return {p.name: family if p.name == first else f"{family}-{p.name}" for p in contract.processes}
 
 

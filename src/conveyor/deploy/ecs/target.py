@@ -25,7 +25,6 @@ from conveyor.deploy.ecs.render import (
     TAG_DEPLOYER,
     TAG_SHA,
     Inputs,
-    anchor,
     app_container,
     check_fargate,
     diff,
@@ -126,7 +125,7 @@ class EcsDeployTarget:
         self.task_poll = 2.0  # seconds between DescribeTasks while the release command runs
         self.where = cfg.env.ecs.task_definition
         self.container = app_container(template, cfg.env.ecs.container, self.where)
-        self.anchor = anchor(cfg.app).name
+        self.anchor = cfg.app.anchor.name
         self.services = service_names(cfg.env.ecs, cfg.app)
         self.families = family_names(str(template["family"]), cfg.app)
         self._registered: tuple[Plan, dict[str, str]] | None = None  # the plan's new ARNs, per process

@@ -149,7 +149,7 @@ class K8sDeployTarget:
         overlay = overlay_dir(cfg)
         self.base = parse(kube.kustomize(overlay))  # the overlay as committed: the app containers' own env
         self.workloads = discover(self.base, cfg.app, cfg.env.k8s.image, cfg.env.k8s.overlay)
-        anchor = cfg.app.web or cfg.app.processes[0]
+        anchor = cfg.app.anchor
         self.anchor = next(w for w in self.workloads if w.process == anchor.name)
         objects = self.render(Release(f"{cfg.env.k8s.image}:current", "0" * 40), require_digest=False)
         secret_name(objects, self.workloads, required=bool(cfg.env.secrets))
