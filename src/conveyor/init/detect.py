@@ -485,11 +485,23 @@ def detect(root: Path) -> Detected:
         routes += [r for m in modules if m.rel != best.rel for r in m.routes]
     if server not in deps:
         missing.append(server)
+    # Inside its container the server listens on every interface; the orchestrator decides what is
+    # published (compose binds 127.0.0.1 only).
+    everywhere = "0.0.0.0"  # noqa: S104  # nosec B104
     if server == "uvicorn":
-        command: tuple[str, ...] = ("uvicorn", entry, "--host", "0.0.0.0", "--port", str(PORT))  # noqa: S104
+        command: tuple[str, ...] = ("uvicorn", entry, "--host", everywhere, "--port", str(PORT))
         command += ("--factory",) if factory else ()
     else:
-        command = ("gunicorn", "--bind", f"0.0.0.0:{PORT}", "--workers", "2", "--access-logfile", "-", entry)
+        command = (
+            "gunicorn",
+            "--bind",
+            f"{everywhere}:{PORT}",
+            "--workers",
+            "2",
+            "--access-logfile",
+            "-",
+            entry,
+        )
     health = _route(routes, HEALTH)
     version = _route(routes, VERSION)
 
