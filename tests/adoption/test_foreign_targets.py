@@ -396,7 +396,15 @@ def test_k8s_dry_plan_renders_both_processes_and_the_release_job_offline(
     assert f"step: release Job from deployment/{name}-web: {' '.join(MIGRATE)}" in out
     assert f"step: wait for deployment/{name}-web (web), deployment/{name}-worker (worker)" in out
 
-    # What the plan printed is the wrapper kustomization it left in build/, rendered: validate it ourselves.
+    # --dry leaves nothing behind: no build/k8s folder, no scratch folder in the project.
+    assert not (project.root / "build/k8s").exists()
+    assert not list(project.root.glob(".conveyor-render-*"))
+    # A plan without --dry keeps the wrapper kustomization in build/: render it ourselves and compare.
+    kept = project.invoke(
+        "plan", "--env", "production", env={"KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}
+    )
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    out = kept.stdout
     folder = project.root / "build/k8s/production"
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True

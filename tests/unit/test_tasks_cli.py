@@ -94,3 +94,15 @@ def test_an_http_process_without_a_url_is_refused_before_anything_happens(projec
         "(where the smoke probe reaches it)"
     )
     assert not (project.root / ".conveyor").exists()  # no lock taken, nothing journaled
+
+
+def test_dry_lock_release_force_leaves_the_lock_in_place(project: Project) -> None:
+    from conveyor.deploy.locks import FileLock
+    from conveyor.deploy.model import Owner
+
+    lock = FileLock(project.root, "local")
+    lock.acquire(Owner("alice", "ci-7", 42, "d" * 40), ttl=60)
+    result = project.invoke("--dry", "lock.release", "--force")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[dry] would break the lock of local held by alice@ci-7 (pid 42")
+    assert lock.holder() is not None

@@ -124,6 +124,9 @@ def release_lock(c: Context, env: str = "", force: bool = False) -> None:
         return
     if not force:
         raise UsageError(f"{cfg.env.name} is locked by {holder.describe()}; add --force to break it")
+    if c.config.run.dry:
+        print(f"[dry] would break the lock of {cfg.env.name} held by {holder.describe()}")
+        return
     lock.release(None, force=True)
     print(f"broke the lock of {cfg.env.name} held by {holder.describe()}")
 

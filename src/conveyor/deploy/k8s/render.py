@@ -178,12 +178,14 @@ def write_kustomization(
     workloads: Sequence[Workload],
     *,
     base: Sequence[Mapping[str, Any]],
+    folder: Path | None = None,
 ) -> Path:
-    """build/k8s/<env>/kustomization.yaml: the overlay + image + per-process patches. Returns its folder.
+    """build/k8s/<env>/kustomization.yaml (or ``folder``, which must be inside the project): the overlay
+    + image + per-process patches. Returns its folder.
 
     ``base`` is the overlay as rendered (the app containers' own ``env`` is read there)."""
     overlay = overlay_dir(cfg)
-    folder = cfg.root / BUILD_DIR / cfg.env.name
+    folder = folder or cfg.root / BUILD_DIR / cfg.env.name
     folder.mkdir(parents=True, exist_ok=True)
     commands = {p.name: p.command for p in cfg.app.processes}
     patches: list[dict[str, Any]] = []

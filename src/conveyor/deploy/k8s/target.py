@@ -14,10 +14,12 @@ import base64
 import functools
 import json
 import shlex
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -156,8 +158,18 @@ class K8sDeployTarget:
         self._secret_sent: Plan | None = None
 
     def render(self, release: Release, *, require_digest: bool) -> list[dict[str, Any]]:
-        folder = write_kustomization(self.cfg, release, self.deployer, self.workloads, base=self.base)
-        objects = parse(self.kube.kustomize(folder))
+        """The manifests of ``release``. Under --dry the wrapper kustomization lives in a folder inside the
+        project (kustomize needs a relative path to the overlay) that is removed again: nothing is left."""
+        if self.runner.dry:
+            with tempfile.TemporaryDirectory(prefix=".conveyor-render-", dir=self.cfg.root) as scratch:
+                folder = write_kustomization(
+                    self.cfg, release, self.deployer, self.workloads, base=self.base, folder=Path(scratch)
+                )
+                stream = self.kube.kustomize(folder)
+        else:
+            folder = write_kustomization(self.cfg, release, self.deployer, self.workloads, base=self.base)
+            stream = self.kube.kustomize(folder)
+        objects = parse(stream)
         check_manifests(objects, self.namespace, self.workloads, require_digest=require_digest)
         return objects
 
