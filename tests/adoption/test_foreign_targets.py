@@ -325,7 +325,8 @@ def test_ecs_staging_runs_migrate_deploys_web_and_worker_and_rolls_back_a_failin
             ("deploy", "failed", second),
             ("rollback", "succeeded", first),
         ]
-        assert aws("ssm").get_parameters(Names=["/conveyor/locks/staging"])["Parameters"] == []
+        name = generated(project, "invoke.yaml")["conveyor"]["project"]["name"]
+        assert aws("ssm").get_parameters(Names=[f"/conveyor/locks/{name}/staging"])["Parameters"] == []
     print(
         f"{project.root.name}: ECS staging, steps: { {k: round(v, 1) for k, v in project.timings.items()} }"
     )

@@ -401,7 +401,10 @@ def test_nothing_serving_before_stops_what_ran_nothing_and_restores_the_rest(ecs
 
 
 def test_lock_is_atomic_and_a_second_deploy_is_refused(ecs: Ecs) -> None:
-    first, second = SsmLock(ecs.api, "staging"), SsmLock(ecs.api, "staging")
+    first, second = SsmLock(ecs.api, "staging", ecs.cfg.project), SsmLock(ecs.api, "staging", ecs.cfg.project)
+    assert (
+        first.name == f"/conveyor/locks/{ecs.cfg.project}/staging"
+    )  # two projects in one account: two locks
     alice = Owner("alice", "ci-7", 11, "c" * 40)
     first.acquire(alice, ttl=600)
     with pytest.raises(LockHeld, match=r"staging is being deployed by alice@ci-7 \(pid 11"):
@@ -569,7 +572,7 @@ def test_an_unknown_app_container_changes_nothing_in_aws(ecs: Ecs) -> None:
     )
     assert registered(ecs) == before
     assert ecs.harness.release_tasks() == []
-    assert SsmLock(ecs.api, "staging").holder() is None
+    assert SsmLock(ecs.api, "staging", ecs.cfg.project).holder() is None
     ecs.unchanged()
 
 
@@ -584,7 +587,7 @@ def test_a_process_without_a_service_is_refused_before_anything_is_registered(ec
     with pytest.raises(ConfigError) as exc:
         ecs.deployer(ecs.target()).deploy(NEW)
     assert str(exc.value) == message
-    assert SsmLock(ecs.api, "staging").holder() is None  # the lock was released
+    assert SsmLock(ecs.api, "staging", ecs.cfg.project).holder() is None  # the lock was released
     write_release(ecs.project)
     result = ecs.project.invoke("plan", "--env", "staging")
     assert result.returncode == 2, result.stderr

@@ -72,7 +72,7 @@ def lock_for(cfg: Config) -> Lock:
     if cfg.env.target == "ecs":
         from conveyor.deploy.ecs import SsmLock
 
-        return SsmLock(_ecs_api(cfg), cfg.env.name)
+        return SsmLock(_ecs_api(cfg), cfg.env.name, cfg.project)
     if cfg.env.target == "k8s":
         from conveyor.deploy.k8s import KubeCtl, LeaseLock
         from conveyor.runner import Runner

@@ -168,12 +168,13 @@ class EcsApi:
 
 
 class SsmLock(StoredLock):
-    """The environment's deploy lock as an SSM parameter holding owner, git sha and start time."""
+    """The environment's deploy lock as an SSM parameter holding owner, git sha and start time; named by
+    project and environment, so two projects sharing an account never block each other."""
 
-    def __init__(self, api: EcsApi, env: str) -> None:
+    def __init__(self, api: EcsApi, env: str, project: str) -> None:
         self.api = api
         self.env = env
-        self.name = f"/conveyor/locks/{env}"
+        self.name = f"/conveyor/locks/{project}/{env}"
 
     def _create(self, owner_json: str, owner: Owner, ttl: int) -> bool:
         return self.api.put_parameter(self.name, owner_json)

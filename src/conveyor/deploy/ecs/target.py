@@ -117,7 +117,7 @@ class EcsDeployTarget:
         self.cluster = cfg.env.ecs.cluster
         self.template = template
         self.deployer = deployer
-        self.lock: Lock = SsmLock(api, cfg.env.name)
+        self.lock: Lock = SsmLock(api, cfg.env.name, cfg.project)
         self.sleep = sleep
         self.clock = clock
         self.max_failed_tasks = max_failed_tasks
