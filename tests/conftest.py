@@ -89,3 +89,16 @@ def project(tmp_path: Path) -> Project:
         """,
     )
     return proj
+
+
+class Clock:
+    """Time that passes only when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds

@@ -41,7 +41,7 @@ from conveyor.deploy.model import Deployer, DeployFailed, Release
 from conveyor.runner import Runner
 from tests.adoption.conftest import Adopted
 from tests.adoption.test_adoption import DJANGO
-from tests.conftest import engine_missing
+from tests.conftest import Clock, engine_missing
 from tests.ecs_harness import EcsRollout
 from tests.integration.conftest import registry
 from tests.integration.test_ecs import REGION, moto_endpoint
@@ -431,19 +431,6 @@ def test_k8s_dry_plan_renders_both_processes_and_the_release_job_offline(
         assert "command" not in app  # the image's ENTRYPOINT stays
         assert bool(app.get("ports")) == (process == "web")
     assert project.git("status", "--porcelain") == ""  # the committed files were not touched
-
-
-class Clock:
-    """Time that passes only when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from conveyor.deploy.model import Deployer, DeployFailed, LockHeld, Owner, Plan,
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
-from tests.conftest import REPO, Project, engine_missing
+from tests.conftest import REPO, Clock, Project, engine_missing
 from tests.k8s_fake import FOREIGN, FakeKube
 
 NS = "shop-production"
@@ -122,19 +122,6 @@ conveyor:
   release:
     command: [shop, migrate, --no-input]
 """
-
-
-class Clock:
-    """Time that passes only when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def write_manifests(
