@@ -356,6 +356,16 @@ def read_pyproject(root: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def declared_pythons(pyproject: Mapping[str, Any]) -> list[str]:
+    """The Python versions a parsed pyproject declares: its "Programming Language :: Python :: 3.X"
+    classifiers, oldest first."""
+    prefix = "Programming Language :: Python :: 3."
+    classifiers = (pyproject.get("project") or {}).get("classifiers") or []
+    found = {c[len(prefix) - 2 :].strip() for c in classifiers if isinstance(c, str) and c.startswith(prefix)}
+    valid = {v for v in found if re.fullmatch(r"3\.\d+", v)}
+    return sorted(valid, key=lambda v: int(v.split(".")[1]))
+
+
 def _key_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from conveyor.aws import credential_source
+from conveyor.config import declared_pythons, read_pyproject
 from conveyor.errors import CommandFailed, ToolMissing
 from conveyor.runner import Runner
 
@@ -32,12 +32,7 @@ class Check:
 
 def python_versions(pyproject: Path) -> list[str]:
     """The Python versions the project declares (its "Programming Language :: Python :: 3.X" classifiers)."""
-    text = pyproject.read_text(encoding="utf-8") if pyproject.is_file() else ""
-    return sorted(set(re.findall(r"Programming Language :: Python :: (3\.\d+)\b", text)), key=_vkey)
-
-
-def _vkey(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("."))
+    return declared_pythons(read_pyproject(pyproject.parent))
 
 
 def _query(runner: Runner, argv: list[str]) -> str | None:

@@ -535,16 +535,7 @@ def detect(root: Path) -> Detected:
         notes.append(
             "no requirements.txt nor [project] in pyproject.toml: the Dockerfile expects requirements.txt"
         )
-    pythons = tuple(
-        sorted(
-            {
-                c.split()[-1]
-                for c in project.get("classifiers") or []
-                if c.startswith("Programming Language :: Python :: 3.")
-            },
-            key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()),
-        )
-    )
+    pythons = tuple(config.declared_pythons(pyproject))
     secrets = ("SECRET_KEY",) if framework in ("django", "flask") else ()
     return Detected(
         root=root,
