@@ -34,7 +34,7 @@ RESERVED_VARS = {"CONVEYOR_ENV"}  # selects the environment; not a config key
 class Key:
     """One config key: its type, default and a line of help (shown by env.show)."""
 
-    kind: str  # str | url | int | severity | list | map | secrets | target | argv | processes | path
+    kind: str  # str | url | int | bool | severity | list | map | secrets | target | argv | processes | path
     default: Any = None
     help: str = ""
 
@@ -73,7 +73,19 @@ SCHEMA: dict[str, Key] = {
     "security.max_severity": Key("severity", "medium", "promotion refuses findings above this severity"),
     "deploy.timeout": Key("int", 300, "seconds to wait for a new revision to win"),
     "deploy.lock_ttl": Key("int", 1800, "seconds after which a deploy lock counts as stale"),
-    "deploy.keep_revisions": Key("int", 5, "old revisions kept (ECS task definitions)"),
+    "deploy.keep_revisions": Key("int", 5, "old revisions kept (ECS task definitions, k8s config)"),
+    "deploy.shutdown_timeout": Key(
+        "int",
+        20,
+        "seconds a process has after SIGTERM to finish in-flight work (compose stop_grace_period, "
+        "ECS stopTimeout, k8s terminationGracePeriodSeconds adds drain_seconds)",
+    ),
+    "deploy.drain_seconds": Key(
+        "int",
+        3,
+        "seconds an old instance keeps serving after it left rotation, before SIGTERM "
+        "(k8s preStop, ECS deregistration delay, compose after the proxy switched)",
+    ),
     "compose.project": Key("str", "", "compose project name (default: <project.name>-<env>)"),
     "compose.files": Key("list", (), "compose files, from the project root"),
     "ecs.cluster": Key("str", "", "ECS cluster name"),
@@ -88,10 +100,24 @@ SCHEMA: dict[str, Key] = {
     "ecs.services": Key(
         "map", {}, "process: ECS service (default: ecs.service for HTTP, <ecs.service>-<process> others)"
     ),
+    "ecs.stack": Key(
+        "str", "", "CloudFormation stack whose outputs name the cluster and services (infra.up)"
+    ),
+    "ecs.minimum_healthy_percent": Key("int", 100, "rolling update: tasks kept running, % of desired"),
+    "ecs.maximum_percent": Key("int", 200, "rolling update: tasks allowed during a rollout, % of desired"),
+    "ecs.health_check_grace": Key("int", 0, "seconds ECS ignores load balancer health checks of new tasks"),
+    "ecs.alarms": Key("list", (), "CloudWatch alarm names that roll a deployment back"),
+    "infra.template": Key("path", "deploy/cloudformation/stack.yaml", "CloudFormation template (infra.*)"),
+    "infra.parameters": Key("map", {}, "template parameters for this environment"),
+    "infra.protected": Key("bool", False, "infra.down refuses this environment"),
     "k8s.overlay": Key("str", "", "kustomize overlay directory"),
     "k8s.namespace": Key("str", "", "namespace the overlay deploys to"),
     "k8s.context": Key("str", "", "kubectl context (empty: current context)"),
     "k8s.image": Key("str", "", "image name the manifests use as a placeholder (default: image.name)"),
+    "k8s.max_surge": Key("str", "25%", "rolling update: pods above desired during a rollout"),
+    "k8s.max_unavailable": Key("str", "0", "rolling update: pods below desired during a rollout"),
+    "k8s.min_ready_seconds": Key("int", 0, "seconds a new pod must stay ready before it counts"),
+    "k8s.progress_deadline": Key("int", 600, "seconds before a stalled rollout is ProgressDeadlineExceeded"),
 }
 REQUIRED_BY_TARGET = {
     "compose": ("compose.files",),
@@ -181,6 +207,11 @@ class EcsTarget:
     task_definition: str = "deploy/ecs/taskdef.yaml"
     container: str = ""
     services: Mapping[str, str] = field(default_factory=dict)  # process -> ECS service name
+    stack: str = ""  # CloudFormation stack whose outputs name cluster and services
+    minimum_healthy_percent: int = 100
+    maximum_percent: int = 200
+    health_check_grace: int = 0
+    alarms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,6 +220,10 @@ class K8sTarget:
     namespace: str
     context: str
     image: str = ""  # the placeholder image name in the manifests
+    max_surge: str = "25%"
+    max_unavailable: str = "0"
+    min_ready_seconds: int = 0
+    progress_deadline: int = 600
 
 
 @dataclass(frozen=True)
@@ -196,6 +231,15 @@ class DeploySettings:
     timeout: int
     lock_ttl: int
     keep_revisions: int
+    shutdown_timeout: int = 20  # SIGTERM -> exit, for in-flight work
+    drain_seconds: int = 3  # out of rotation -> SIGTERM
+
+
+@dataclass(frozen=True)
+class InfraSpec:
+    template: str
+    parameters: Mapping[str, str]
+    protected: bool
 
 
 @dataclass(frozen=True)
@@ -210,6 +254,7 @@ class Environment:
     compose: ComposeTarget
     ecs: EcsTarget
     k8s: K8sTarget
+    infra: InfraSpec
 
 
 @dataclass(frozen=True)
@@ -445,6 +490,12 @@ def _coerce(key: str, val: Any, where: str, at: Callable[[str], str] | None = No
         if isinstance(val, str) and val.strip().lstrip("-").isdigit():
             return int(val)
         raise ConfigError(f"{where}: `{key}` must be an integer, got {_typename(val)} {val!r}")
+    if kind == "bool":
+        if isinstance(val, bool) or val in (0, 1):
+            return bool(val)
+        if isinstance(val, str) and val.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return val.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: `{key}` must be true or false, got {_typename(val)} {val!r}")
     if kind == "target":
         if val not in TARGETS:
             raise ConfigError(f"{where}: `target` must be one of {', '.join(TARGETS)}, got {val!r}")
@@ -563,6 +614,8 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
             f"{ENV_DIR}/{name}.yaml: missing required key `target` (one of {', '.join(TARGETS)})"
         )
     for key in REQUIRED_BY_TARGET[target]:
+        if key in ("ecs.cluster", "ecs.service") and get("ecs.stack"):
+            continue  # the stack's outputs name them
         if not get(key):
             raise ConfigError(
                 f"{ENV_DIR}/{name}.yaml: target {target} needs key `{key}` ({SCHEMA[key].help})"
@@ -575,7 +628,13 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
         registry=get("registry"),
         vars=MappingProxyType(dict(get("vars"))),
         secrets=MappingProxyType(dict(get("secrets"))),
-        deploy=DeploySettings(get("deploy.timeout"), get("deploy.lock_ttl"), get("deploy.keep_revisions")),
+        deploy=DeploySettings(
+            get("deploy.timeout"),
+            get("deploy.lock_ttl"),
+            get("deploy.keep_revisions"),
+            get("deploy.shutdown_timeout"),
+            get("deploy.drain_seconds"),
+        ),
         compose=ComposeTarget(get("compose.project") or f"{project}-{name}", tuple(get("compose.files"))),
         ecs=EcsTarget(
             get("ecs.cluster"),
@@ -586,12 +645,26 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
             get("ecs.task_definition"),
             get("ecs.container"),
             MappingProxyType(dict(get("ecs.services"))),
+            get("ecs.stack"),
+            get("ecs.minimum_healthy_percent"),
+            get("ecs.maximum_percent"),
+            get("ecs.health_check_grace"),
+            tuple(get("ecs.alarms")),
         ),
         k8s=K8sTarget(
             get("k8s.overlay"),
             get("k8s.namespace"),
             get("k8s.context"),
             get("k8s.image") or get("image.name"),
+            get("k8s.max_surge"),
+            get("k8s.max_unavailable"),
+            get("k8s.min_ready_seconds"),
+            get("k8s.progress_deadline"),
+        ),
+        infra=InfraSpec(
+            get("infra.template"),
+            MappingProxyType(dict(get("infra.parameters"))),
+            get("infra.protected"),
         ),
     )
     image = ImageSpec(

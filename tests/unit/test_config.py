@@ -160,6 +160,25 @@ def test_target_specific_required_key(project: Project) -> None:
     assert "target ecs needs key `ecs.service`" in one_line(exc)
 
 
+def test_an_ecs_stack_names_cluster_and_service(project: Project) -> None:
+    project.write("deploy/environments/local.yaml", "target: ecs\necs: {stack: s, region: r}\n")
+    assert load(project).env.ecs.stack == "s"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("no", False), ("1", True)])
+def test_a_bool_key_reads_words_and_yaml_booleans(project: Project, raw: str, expected: bool) -> None:
+    assert load(project, environ={"CONVEYOR_INFRA__PROTECTED": raw}).env.infra.protected is expected
+    project.write("invoke.yaml", f"conveyor:\n  infra:\n    protected: {raw}\n")
+    assert load(project).env.infra.protected is expected
+
+
+def test_a_bool_key_refuses_anything_else(project: Project) -> None:
+    project.write("invoke.yaml", "conveyor:\n  infra:\n    protected: maybe\n")
+    with pytest.raises(ConfigError) as exc:
+        load(project)
+    assert one_line(exc) == "invoke.yaml:3: `infra.protected` must be true or false, got str 'maybe'"
+
+
 def test_unknown_target_kind(project: Project) -> None:
     project.write("deploy/environments/local.yaml", "target: nomad\n")
     with pytest.raises(ConfigError) as exc:
