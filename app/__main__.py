@@ -110,11 +110,7 @@ def _serve(settings: Settings, *, reload: bool = False) -> int:
     from app.observability import configure_logging
 
     configure_logging(settings.log_level)
-    uvicorn.run(
-        "app.__main__:create_from_env" if reload else create_app(settings),
-        factory=reload,
-        reload=reload,
-        reload_dirs=["app"] if reload else None,
+    options: dict[str, object] = dict(
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -123,6 +119,20 @@ def _serve(settings: Settings, *, reload: bool = False) -> int:
         proxy_headers=True,
         server_header=False,
     )
+    if reload:
+        uvicorn.run("app.__main__:create_from_env", factory=True, reload=True, reload_dirs=["app"], **options)  # type: ignore[arg-type]
+        return 0
+    app = create_app(settings)
+
+    class Draining(uvicorn.Server):
+        """On SIGTERM, /ready fails first; uvicorn then stops accepting and finishes what is in flight
+        within SHUTDOWN_GRACE. (Targets take the instance out of rotation before they send SIGTERM.)"""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.drain()
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    Draining(uvicorn.Config(app, **options)).run()  # type: ignore[arg-type]
     return 0
 
 

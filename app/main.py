@@ -50,7 +50,8 @@ class DependencyDown(Exception):
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
-    state: dict[str, Any] = {"started": False}
+    # "seen": the dependencies answered once (readiness, below); "draining": SIGTERM arrived (app.__main__).
+    state: dict[str, Any] = {"started": False, "seen": False, "draining": False}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("stopped")
 
     app = FastAPI(title="conveyor-demo notes", version=__version__, lifespan=lifespan, docs_url=None)
+    app.state.drain = lambda: state.update(draining=True)  # called on SIGTERM by the server
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
@@ -109,12 +111,21 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
+        """Readiness protects against a broken instance, not a shared dependency: it fails while the
+        process drains (SIGTERM) and until Postgres and Redis have answered once (a release that cannot
+        reach them never gets traffic). A later blip of either leaves every instance ready ("degraded"):
+        taking them all out of rotation would turn a blip into an outage; the routes answer 503 with
+        Retry-After meanwhile."""
+        if state["draining"]:
+            return JSONResponse({"status": "draining"}, status_code=503)
         checks = dict(
             zip(("postgres", "redis"), await asyncio.gather(_pg_ok(state), _redis_ok(state)), strict=True)
         )
         failed = [name for name, ok in checks.items() if not ok]
-        body = {"status": "ready" if not failed else "not ready", "checks": checks, "failed": failed}
-        return JSONResponse(body, status_code=503 if failed else 200)
+        state["seen"] = state["seen"] or not failed
+        status = "ready" if not failed else "degraded" if state["seen"] else "not ready"
+        body = {"status": status, "checks": checks, "failed": failed}
+        return JSONResponse(body, status_code=503 if status == "not ready" else 200)
 
     async def _pg_ok(st: dict[str, Any]) -> bool:
         try:

@@ -50,7 +50,10 @@ class Settings:
             port=_number(env, "PORT", int, 8000, 1, 65535),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", int, 64 * 1024, 1024, 16 * 1024 * 1024),
             ready_timeout=_number(env, "READY_TIMEOUT", float, 1.0, 0.05, 30.0),
-            shutdown_grace=_number(env, "SHUTDOWN_GRACE", int, 20, 1, 300),
+            # conveyor gives every process its deploy.shutdown_timeout; SHUTDOWN_GRACE overrides it.
+            shutdown_grace=_number(
+                env, "SHUTDOWN_GRACE", int, _number(env, "CONVEYOR_SHUTDOWN_TIMEOUT", int, 20, 1, 300), 1, 300
+            ),
             startup_timeout=_number(env, "STARTUP_TIMEOUT", float, 30.0, 1.0, 600.0),
             worker_heartbeat_file=heartbeat_file(env),
             worker_claim_idle=_number(env, "WORKER_CLAIM_IDLE", float, 60.0, 1.0, 3600.0),

@@ -51,6 +51,13 @@ def test_ready_names_failed_checks(client: TestClient) -> None:
     assert response.json()["failed"] == ["postgres", "redis"]
 
 
+def test_ready_fails_once_the_server_drains(client: TestClient) -> None:
+    client.app.state.drain()  # type: ignore[attr-defined]
+    response = client.get("/ready")
+    assert (response.status_code, response.json()) == (503, {"status": "draining"})
+    assert client.get("/health").status_code == 200  # liveness: draining is not dead
+
+
 def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
     assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
     generated = client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"]

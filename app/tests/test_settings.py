@@ -85,3 +85,10 @@ def test_process_exits_nonzero_with_one_line_naming_the_variable() -> None:
     assert result.stderr.strip().splitlines() == [
         "app: invalid settings: DATABASE_URL is not set (expected postgresql://...)"
     ]
+
+
+def test_the_shutdown_grace_is_conveyors_shutdown_timeout_unless_overridden() -> None:
+    base = {"DATABASE_URL": "postgresql://u@h/d", "REDIS_URL": "redis://h"}
+    assert Settings.from_env({**base, "CONVEYOR_SHUTDOWN_TIMEOUT": "7"}).shutdown_grace == 7
+    both = {**base, "CONVEYOR_SHUTDOWN_TIMEOUT": "7", "SHUTDOWN_GRACE": "9"}
+    assert Settings.from_env(both).shutdown_grace == 9
