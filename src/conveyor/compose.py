@@ -23,6 +23,7 @@ from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
 
 LABEL_SHA, LABEL_IMAGE, LABEL_PROCESS = "dev.conveyor.git-sha", "dev.conveyor.image", "dev.conveyor.process"
+SHUTDOWN_VAR = "CONVEYOR_SHUTDOWN_TIMEOUT"  # every target gives each process deploy.shutdown_timeout
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Stack:
     variables: Mapping[str, str]
     override: str = ""  # generated compose YAML, passed on stdin as the last file
     app_env: Mapping[str, str] = field(default_factory=dict)  # vars + secrets: what the override carries
+    shutdown: int = 20  # deploy.shutdown_timeout: each process's stop_grace_period
 
     def argv(self, *args: str) -> list[str]:
         argv = ["docker", "compose", "--project-name", self.project]
@@ -46,15 +48,20 @@ class Stack:
         return replace(self, override="")
 
 
-def process_override(contract: AppContract, image: str, git_sha: str, environment: Mapping[str, str]) -> str:
-    """The generated compose file: image, command, environment, labels (and healthcheck) per process."""
+def process_override(
+    contract: AppContract, image: str, git_sha: str, environment: Mapping[str, str], shutdown: int = 20
+) -> str:
+    """The generated compose file: image, command, environment, labels, the shutdown budget (and
+    healthcheck) per process. The process reads its budget as CONVEYOR_SHUTDOWN_TIMEOUT."""
     services: dict[str, Any] = {}
     escaped = {k: v.replace("$", "$$") for k, v in environment.items()}  # values are not interpolated
+    escaped[SHUTDOWN_VAR] = str(shutdown)
     for proc in contract.processes:
         service: dict[str, Any] = {
             "image": image.replace("$", "$$"),
             "environment": dict(sorted(escaped.items())),
             "labels": {LABEL_SHA: git_sha, LABEL_IMAGE: image, LABEL_PROCESS: proc.name},
+            "stop_grace_period": f"{shutdown}s",
         }
         if proc.command:
             service["command"] = [arg.replace("$", "$$") for arg in proc.command]
@@ -86,8 +93,9 @@ def stack_for(cfg: Config, resolver: SecretResolver, app_image: str, git_sha: st
     variables.update(app_env)
     variables["APP_IMAGE"] = app_image
     variables["COMPOSE_PROJECT_NAME"] = cfg.env.compose.project
-    override = process_override(cfg.app, app_image, git_sha, app_env)
-    return Stack(cfg.env.compose.project, files, variables, override, app_env)
+    shutdown = cfg.env.deploy.shutdown_timeout
+    override = process_override(cfg.app, app_image, git_sha, app_env, shutdown)
+    return Stack(cfg.env.compose.project, files, variables, override, app_env, shutdown)
 
 
 def run(runner: Runner, stack: Stack, *args: str, capture: bool = False, mutates: bool = True) -> str:
@@ -127,6 +135,15 @@ def validate(runner: Runner, stack: Stack, processes: list[str] | None = None) -
             f"(services: {', '.join(services) or 'none'}); every process is a compose service"
         )
     return services
+
+
+def model(runner: Runner, stack: Stack) -> dict[str, Any]:
+    """The resolved compose model (`docker compose config --format json`), the generated file included."""
+    out = run(runner, stack, "config", "--format", "json", capture=True, mutates=False)
+    try:
+        return dict(json.loads(out)) if out.strip() else {}
+    except ValueError:
+        raise ConveyorError("docker compose config --format json did not print JSON") from None
 
 
 def check_yaml(path: Path) -> None:

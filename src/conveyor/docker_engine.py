@@ -159,6 +159,37 @@ class DockerEngine:
         except self._errors():
             return ""
 
+    def stop(self, container_id: str, timeout: int) -> None:
+        """SIGTERM (the image's stop signal), then SIGKILL after ``timeout`` seconds."""
+        if self.runner.dry:
+            self.runner.say(f"[dry] docker stop --time {timeout} {container_id[:12]}")
+            return
+        try:
+            self.client.api.stop(container_id, timeout=timeout)
+        except self._errors() as exc:
+            raise EngineError(f"stop container {container_id[:12]}: {_first_line(exc)}") from None
+
+    def put_file(self, container_id: str, path: str, content: str) -> None:
+        """Write ``content`` to ``path`` inside a running container (its directories are created)."""
+        import io
+        import posixpath
+        import tarfile
+
+        if self.runner.dry:
+            self.runner.say(f"[dry] write {path} in container {container_id[:12]}")
+            return
+        data = content.encode()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        try:
+            self.client.api.put_archive(container_id, "/", buffer.getvalue())
+        except self._errors() as exc:
+            where = posixpath.dirname(path)
+            raise EngineError(f"write {where} in container {container_id[:12]}: {_first_line(exc)}") from None
+
     def remove(self, container_id: str) -> None:
         from docker.errors import NotFound
 

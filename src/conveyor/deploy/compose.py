@@ -1,9 +1,19 @@
 """The compose target: the deploy model on the local Docker engine.
 
 Revision = the image the processes run. Release command = a one-off `docker compose run` of the HTTP
-process's service (else the first process's) with the new image: its dependencies start first. Apply =
-`up` of the stack with the new image (compose recreates what changed). Wait = every process's containers
-run the new image, none restarting, healthy where a healthcheck exists. Rollback = the previous image.
+process's service (else the first process's) with the new image: its dependencies start first.
+
+Apply = a rolling switch per process (the first deploy just starts the stack). The new instance starts
+beside the old one (`up --no-recreate --scale`), must become healthy (else it is removed and the old one
+never stopped serving); for the HTTP process the nginx named by `compose.proxy` is then pointed at it
+(conveyor writes `/etc/nginx/conveyor/<process>.conf` in the proxy and reloads it: nginx's graceful reload
+lets old workers finish their requests); after `deploy.drain_seconds` the old instance gets SIGTERM and
+`deploy.shutdown_timeout` to finish, then it is removed. A plain `up` then recreates only the other
+services whose configuration changed (never the proxy for an app change). A process that cannot
+run twice (a fixed host port, a container_name) is replaced in place, and the plan says so.
+
+Wait = every process's containers run the new image, none restarting, healthy where a healthcheck exists.
+Rollback = the same switch back to the previous image.
 """
 
 from __future__ import annotations
@@ -15,14 +25,33 @@ from typing import Any
 
 from conveyor import compose
 from conveyor.compose import LABEL_IMAGE, LABEL_SHA, Stack
-from conveyor.config import AppContract
+from conveyor.config import AppContract, Process
 from conveyor.deploy.model import Change, Lock, Plan, Release, Revision, RolloutFailed
 from conveyor.docker_engine import DockerEngine
-from conveyor.errors import ConveyorError
+from conveyor.errors import CommandFailed, ConfigError, ConveyorError
 from conveyor.runner import Runner
 
 OCI_REVISION = "org.opencontainers.image.revision"
 STEADY = 3.0  # seconds a process without a healthcheck must keep running, unrestarted, to count as up
+PROXY_DIR = "/etc/nginx/conveyor"  # the proxy's nginx.conf includes <process>.conf from here
+
+
+def _in_place(service: str, model: dict[str, Any]) -> str:
+    """Why ``service`` cannot run a second instance beside the first ('' when it can)."""
+    spec = model.get("services", {}).get(service, {})
+    if spec.get("container_name"):
+        return f"container_name {spec['container_name']} is fixed"
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict) and port.get("published"):
+            return f"it publishes host port {port['published']}"
+    return ""
+
+
+def _size(key: str, value: object) -> str:
+    """A compose resource limit for people: memory in MiB (compose reports bytes), cpus as given."""
+    if key == "memory" and str(value).isdigit():
+        return f"{int(str(value)) // (1024 * 1024)}M"
+    return str(value)
 
 
 class ComposeDeployTarget:
@@ -37,6 +66,9 @@ class ComposeDeployTarget:
         env: str,
         contract: AppContract,
         *,
+        proxy: str = "",
+        drain: float = 3.0,
+        timeout: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -46,13 +78,18 @@ class ComposeDeployTarget:
         self.lock = lock
         self.env = env
         self.contract = contract
+        self.proxy = proxy
+        self.drain = drain
+        self.timeout = timeout
         self.clock = clock
         self.sleep = sleep
         self.poll = 1.0
 
     def _with(self, release: Release) -> Stack:
         """The stack deploying ``release``: APP_IMAGE and the generated process file follow it."""
-        override = compose.process_override(self.contract, release.image, release.git_sha, self.stack.app_env)
+        override = compose.process_override(
+            self.contract, release.image, release.git_sha, self.stack.app_env, self.stack.shutdown
+        )
         return replace(
             self.stack, variables={**self.stack.variables, "APP_IMAGE": release.image}, override=override
         )
@@ -91,25 +128,150 @@ class ComposeDeployTarget:
                     Change(f"process {proc.name} image", current.image if current else "", release.image)
                 )
             changes.append(Change("git sha", current.git_sha[:12] if current else "", release.git_sha[:12]))
+        model = compose.model(self.runner, self._with(release))
+        if self.proxy and self.proxy not in services:
+            raise ConfigError(
+                f"compose.proxy: `{self.proxy}` is not a service of compose.files "
+                f"(services: {', '.join(services)})"
+            )
         steps: list[str] = []
         if changes:
             if self.contract.release:
                 steps.append(f"one-off `{self.contract.anchor.name}`: {' '.join(self.contract.release)}")
-            steps.append(f"up {', '.join(services)} (recreates what changed)")
-        return Plan(self.env, self.kind, release, current, tuple(changes), tuple(steps))
+            if current is None:
+                steps.append(f"up {', '.join(services)} (first start)")
+            else:
+                steps += [self._switch_step(proc, model) for proc in self._ordered()]
+                others = [name for name in services if name not in self.contract.names()]
+                if others:
+                    steps.append(f"up {', '.join(others)} (recreated only if their own config changed)")
+        return Plan(self.env, self.kind, release, current, tuple(changes), tuple(steps), detail=model)
+
+    def _ordered(self) -> list[Process]:
+        """The HTTP process first: it is what users wait on."""
+        return sorted(self.contract.processes, key=lambda proc: not proc.http)
+
+    def _switch_step(self, proc: Process, model: dict[str, Any]) -> str:
+        """What the plan says the switch does to ``proc`` (and what the extra instance costs)."""
+        reason = _in_place(proc.name, model)
+        if reason:
+            return f"replace {proc.name} in place ({reason}): it is down until the new one starts"
+        limits = ((model["services"][proc.name].get("deploy") or {}).get("resources") or {}).get(
+            "limits"
+        ) or {}
+        extra = ", ".join(f"{k} {_size(k, v)}" for k, v in sorted(limits.items())) or "no limits set"
+        switch = f", switch {self.proxy} to it" if proc.http and self.proxy else ""
+        return (
+            f"start {proc.name} beside the running one (+1 container while both run: {extra}), wait until "
+            f"healthy{switch}, then stop the old one (drain {self.drain:g}s, SIGTERM, "
+            f"{self.stack.shutdown}s to finish)"
+        )
 
     def release_steps(self, plan: Plan) -> None:
         compose.run_release(self.runner, self._with(plan.release), self.contract)
 
     def apply(self, plan: Plan) -> None:
-        compose.run(self.runner, self._with(plan.release), "up", "--detach", "--remove-orphans")
+        stack = self._with(plan.release)
+        if not any(self._containers(proc.name) for proc in self.contract.processes):
+            compose.run(self.runner, stack, "up", "--detach", "--remove-orphans")
+            return
+        # Compose labels each container with a hash of its service (dependencies included: `--no-deps`
+        # would change it and make the next plain `up` recreate the container). So: create what is
+        # missing, switch the processes, then one plain `up`, which recreates only what changed (the proxy
+        # only when its own configuration did) and finds the processes already current.
+        compose.run(self.runner, stack, "up", "--detach", "--no-recreate", "--remove-orphans")
+        self._switch(stack, plan.detail or compose.model(self.runner, stack), plan.release.image)
+        compose.run(self.runner, stack, "up", "--detach", "--remove-orphans")
 
     def rollback(self, plan: Plan, to: Revision) -> None:
         stack = self._with(Release(to.image, to.git_sha))
-        compose.run(self.runner, stack, "up", "--detach", "--no-deps", *self.contract.names())
+        self._switch(stack, compose.model(self.runner, stack), to.image)
 
     def stop(self, plan: Plan) -> None:
         compose.run(self.runner, self._with(plan.release), "rm", "--stop", "--force", *self.contract.names())
+
+    def _switch(self, stack: Stack, model: dict[str, Any], image: str) -> None:
+        """Each process over to ``image``, one instance beside the other (module docstring)."""
+        if self.runner.dry:
+            self.runner.say(f"[dry] rolling switch of {', '.join(self.contract.names())} to {image}")
+            return
+        want = self.engine.inspect_image(image)
+        want_id = want.id if want else image
+        deadline = self.clock() + self.timeout
+        for proc in self._ordered():
+            live = self._containers(proc.name)
+            fresh = [c for c in live if c["Image"] == want_id and c["State"]["Running"]]
+            old = [c for c in live if c not in fresh]
+            if fresh and not old:
+                continue
+            if _in_place(proc.name, model):
+                compose.run(self.runner, stack, "up", "--detach", proc.name)
+                continue
+            if not fresh:
+                fresh = self._start_beside(stack, proc, live, want_id, deadline)
+            if proc.http and self.proxy:
+                self._point_proxy(proc, fresh[0])
+                self.sleep(self.drain)  # nginx's old workers finish the requests they hold
+            for container in old:
+                self.runner.say(f"stopping the old {proc.name} ({container['Name'].lstrip('/')})")
+                self.engine.stop(str(container["Id"]), self.stack.shutdown)
+                self.engine.remove(str(container["Id"]))
+
+    def _start_beside(
+        self, stack: Stack, proc: Process, live: list[dict[str, Any]], want_id: str, deadline: float
+    ) -> list[dict[str, Any]]:
+        """New instances of ``proc`` beside the live ones, healthy; on any failure they are removed."""
+        before = {str(c["Id"]) for c in live}
+        count = max(sum(1 for c in live if c["State"]["Running"]), 1)
+        scale = f"{proc.name}={len(live) + count}"
+        self.runner.say(f"starting the new {proc.name} beside the running one")
+        fresh: list[dict[str, Any]] = []
+        try:
+            compose.run(
+                self.runner,
+                stack,
+                "up",
+                "--detach",
+                "--no-recreate",
+                "--scale",
+                scale,
+                proc.name,
+            )
+            fresh = [c for c in self._containers(proc.name) if str(c["Id"]) not in before]
+            new_ids = {str(c["Id"]) for c in fresh}
+            steady_since: dict[str, float] = {}
+            while status := self._status(proc.name, want_id, steady_since, only=new_ids):
+                if self.clock() >= deadline:
+                    raise RolloutFailed(f"timed out: {status}")
+                self.sleep(self.poll)
+            return [self.engine.container(cid) for cid in new_ids]
+        except BaseException:
+            for container in fresh or [c for c in self._containers(proc.name) if str(c["Id"]) not in before]:
+                self.engine.remove(str(container["Id"]))
+            raise
+
+    def _point_proxy(self, proc: Process, instance: dict[str, Any]) -> None:
+        """Write the proxy's include for ``proc`` naming ``instance``, check nginx's config, reload it."""
+        proxies = [c for c in self._containers(self.proxy) if c["State"]["Running"]]
+        if not proxies:
+            raise RolloutFailed(f"compose.proxy: `{self.proxy}` has no running container to switch")
+        name = str(instance["Name"]).lstrip("/")
+        var = proc.name.replace("-", "_")
+        include = (
+            f"# written by conveyor: the live {proc.name} instance\nset $conveyor_{var} {name}:{proc.port};\n"
+        )
+        for container in proxies:
+            cid = str(container["Id"])
+            self.engine.put_file(cid, f"{PROXY_DIR}/{proc.name}.conf", include)
+            for args in (["nginx", "-t", "-q"], ["nginx", "-s", "reload"]):
+                try:
+                    self.runner.run(["docker", "exec", cid, *args], capture=True)
+                except CommandFailed as exc:
+                    why = exc.tail or f"exit code {exc.returncode}"
+                    raise RolloutFailed(
+                        f"compose.proxy: `{' '.join(args)}` failed in {self.proxy}: {why}"
+                    ) from None
+        self.runner.say(f"{self.proxy} now sends {proc.name} requests to {name}")
 
     def wait(self, plan: Plan, expected: Release, deadline: float) -> None:
         """Until every process runs the expected image and is healthy (or steadily up without a
@@ -130,9 +292,12 @@ class ComposeDeployTarget:
             self.sleep(self.poll)
         raise RolloutFailed(f"timed out: {last}")
 
-    def _status(self, name: str, want_id: str, steady_since: dict[str, float]) -> str:
-        """'' when process ``name`` has won; else what it waits for. Raises when it is failing."""
-        containers = self._containers(name)
+    def _status(
+        self, name: str, want_id: str, steady_since: dict[str, float], only: set[str] | None = None
+    ) -> str:
+        """'' when process ``name`` (its containers in ``only``, default all) has won; else what it waits
+        for. Raises when it is failing."""
+        containers = [c for c in self._containers(name) if only is None or str(c["Id"]) in only]
         if not containers:
             return f"{name}: no container yet"
         for info in containers:
