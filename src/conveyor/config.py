@@ -88,6 +88,9 @@ SCHEMA: dict[str, Key] = {
     ),
     "compose.project": Key("str", "", "compose project name (default: <project.name>-<env>)"),
     "compose.files": Key("list", (), "compose files, from the project root"),
+    "compose.proxy": Key(
+        "str", "", "nginx service in front of the HTTP process: deploys switch it to each new instance"
+    ),
     "ecs.cluster": Key("str", "", "ECS cluster name"),
     "ecs.service": Key(
         "str", "", "ECS service of the HTTP process (the first process when none serves HTTP)"
@@ -195,6 +198,7 @@ class AppContract:
 class ComposeTarget:
     project: str
     files: tuple[str, ...]
+    proxy: str = ""  # the nginx service a deploy switches (README "Zero-downtime deploys")
 
 
 @dataclass(frozen=True)
@@ -635,7 +639,9 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
             get("deploy.shutdown_timeout"),
             get("deploy.drain_seconds"),
         ),
-        compose=ComposeTarget(get("compose.project") or f"{project}-{name}", tuple(get("compose.files"))),
+        compose=ComposeTarget(
+            get("compose.project") or f"{project}-{name}", tuple(get("compose.files")), get("compose.proxy")
+        ),
         ecs=EcsTarget(
             get("ecs.cluster"),
             get("ecs.service"),
