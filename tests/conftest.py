@@ -36,14 +36,16 @@ class Project:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         return {**clean, **(extra or {})}
 
-    def invoke(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def invoke(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "invoke", *args],
             cwd=self.root,
             env=self._env(env),
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
 

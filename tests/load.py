@@ -59,7 +59,7 @@ class Load:
     clients: int = 2
     interval: float = 0.02
     samples: list[Sample] = field(default_factory=list)
-    written: list[str] = field(default_factory=list)  # titles of the notes whose POST succeeded
+    written: list[int] = field(default_factory=list)  # ids of the notes whose POST succeeded
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -100,7 +100,7 @@ class Load:
                 with self._lock:
                     self.samples.append(Sample(began, elapsed, ok, what))
                     if ok and write:
-                        self.written.append(title)
+                        self.written.append(int(response.json()["id"]))
                 self._stop.wait(max(0.0, self.interval - elapsed))
 
 

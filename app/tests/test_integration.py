@@ -168,3 +168,38 @@ def test_server_drains_in_flight_requests_on_sigterm(postgres: Postgres, redis_s
             proc.stdout.close()
     assert '"event": "stopped"' in out
     assert '"route": "/notes", "status": 201' in out
+
+
+def test_on_sigterm_readiness_fails_first_while_requests_are_still_served(
+    postgres: Postgres, redis_server: Redis
+) -> None:
+    """CONVEYOR_DRAIN_SECONDS (compose): /ready answers 503 at once, new connections are still served
+    for the drain, then the server stops accepting and exits."""
+    migrate(postgres.url)
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": postgres.url,
+        "REDIS_URL": redis_server.url,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "CONVEYOR_DRAIN_SECONDS": "2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        _wait_port(port)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/ready").status_code == 200
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        ready = httpx.get(f"{url}/ready")  # a new connection: still accepted
+        assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
+        assert httpx.get(f"{url}/notes").status_code == 200
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert time.monotonic() - signalled >= 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()

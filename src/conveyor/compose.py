@@ -17,13 +17,13 @@ from typing import Any
 
 import yaml
 
-from conveyor.config import AppContract, Config
+from conveyor.config import SHUTDOWN_VAR, AppContract, Config
 from conveyor.errors import CommandFailed, ConfigError, ConveyorError
 from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
 
 LABEL_SHA, LABEL_IMAGE, LABEL_PROCESS = "dev.conveyor.git-sha", "dev.conveyor.image", "dev.conveyor.process"
-SHUTDOWN_VAR = "CONVEYOR_SHUTDOWN_TIMEOUT"  # every target gives each process deploy.shutdown_timeout
+DRAIN_VAR = "CONVEYOR_DRAIN_SECONDS"  # compose only: no orchestrator takes the instance out of rotation
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ class Stack:
     variables: Mapping[str, str]
     override: str = ""  # generated compose YAML, passed on stdin as the last file
     app_env: Mapping[str, str] = field(default_factory=dict)  # vars + secrets: what the override carries
-    shutdown: int = 20  # deploy.shutdown_timeout: each process's stop_grace_period
+    shutdown: int = 20  # deploy.shutdown_timeout
+    drain: int = 0  # deploy.drain_seconds: the process drains itself after SIGTERM (nothing else does here)
 
     def argv(self, *args: str) -> list[str]:
         argv = ["docker", "compose", "--project-name", self.project]
@@ -49,19 +50,25 @@ class Stack:
 
 
 def process_override(
-    contract: AppContract, image: str, git_sha: str, environment: Mapping[str, str], shutdown: int = 20
+    contract: AppContract,
+    image: str,
+    git_sha: str,
+    environment: Mapping[str, str],
+    shutdown: int = 20,
+    drain: int = 0,
 ) -> str:
-    """The generated compose file: image, command, environment, labels, the shutdown budget (and
-    healthcheck) per process. The process reads its budget as CONVEYOR_SHUTDOWN_TIMEOUT."""
+    """The generated compose file: image, command, environment, labels, the stop budget (and healthcheck)
+    per process. After SIGTERM a process drains for CONVEYOR_DRAIN_SECONDS (failing readiness while it
+    still serves), then has CONVEYOR_SHUTDOWN_TIMEOUT to finish: stop_grace_period is both."""
     services: dict[str, Any] = {}
     escaped = {k: v.replace("$", "$$") for k, v in environment.items()}  # values are not interpolated
-    escaped[SHUTDOWN_VAR] = str(shutdown)
+    escaped.update({SHUTDOWN_VAR: str(shutdown), DRAIN_VAR: str(drain)})
     for proc in contract.processes:
         service: dict[str, Any] = {
             "image": image.replace("$", "$$"),
             "environment": dict(sorted(escaped.items())),
             "labels": {LABEL_SHA: git_sha, LABEL_IMAGE: image, LABEL_PROCESS: proc.name},
-            "stop_grace_period": f"{shutdown}s",
+            "stop_grace_period": f"{shutdown + drain}s",
         }
         if proc.command:
             service["command"] = [arg.replace("$", "$$") for arg in proc.command]
@@ -93,9 +100,9 @@ def stack_for(cfg: Config, resolver: SecretResolver, app_image: str, git_sha: st
     variables.update(app_env)
     variables["APP_IMAGE"] = app_image
     variables["COMPOSE_PROJECT_NAME"] = cfg.env.compose.project
-    shutdown = cfg.env.deploy.shutdown_timeout
-    override = process_override(cfg.app, app_image, git_sha, app_env, shutdown)
-    return Stack(cfg.env.compose.project, files, variables, override, app_env, shutdown)
+    shutdown, drain = cfg.env.deploy.shutdown_timeout, cfg.env.deploy.drain_seconds
+    override = process_override(cfg.app, app_image, git_sha, app_env, shutdown, drain)
+    return Stack(cfg.env.compose.project, files, variables, override, app_env, shutdown, drain)
 
 
 def run(runner: Runner, stack: Stack, *args: str, capture: bool = False, mutates: bool = True) -> str:

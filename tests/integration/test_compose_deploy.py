@@ -1,4 +1,4 @@
-"""Compose environments and the deploy model on the real engine: real containers, real nginx, real rollbacks.
+"""Compose environments and the deploy model on the real engine: real containers, proxy and rollbacks.
 
 The tests of this module share one copy of the project (one compose project) and run in file order:
 each deploy builds on the state the previous test left, as successive deploys do.
@@ -22,6 +22,7 @@ import pytest
 from app.tests.conftest import free_port
 from tests.conftest import Project
 from tests.integration.conftest import copy_project
+from tests.load import Load
 
 pytestmark = pytest.mark.docker
 
@@ -40,7 +41,8 @@ def commit(project: Project, message: str) -> str:
     ).stdout.strip()
 
 
-READY, NEVER_READY = "status_code=503 if failed else 200)", "status_code=503)"
+READY = 'status_code=503 if status == "not ready" else 200)'
+NEVER_READY = "status_code=503)  # a test release that never gets ready"
 
 
 WORKER_OK, WORKER_CRASH = (
@@ -62,7 +64,10 @@ def set_readiness(project: Project, *, broken: bool) -> None:
     """Make the app's /ready always 503 (a release that never becomes healthy), or undo that."""
     main = project.root / "app/main.py"
     old, new = (READY, NEVER_READY) if broken else (NEVER_READY, READY)
-    main.write_text(main.read_text().replace(old, new, 1))
+    text = main.read_text()
+    if new not in text:  # not so already
+        assert old in text
+        main.write_text(text.replace(old, new, 1))
 
 
 def containers(project_name: str) -> list[str]:
@@ -73,6 +78,20 @@ def containers(project_name: str) -> list[str]:
         check=True,
     ).stdout
     return out.split()
+
+
+def running(env: Env, service: str) -> list[str]:
+    """Names of the service's running containers (a deploy's switch renumbers them: web-1, web-2...)."""
+    out = subprocess.run(
+        [
+            "docker", "ps", "--format", "{{.Names}}",
+            "--filter", f"label=com.docker.compose.project={env.name}",
+            "--filter", f"label=com.docker.compose.service={service}",
+            "--filter", "label=com.docker.compose.oneoff=False",
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return sorted(out.split())
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -119,17 +138,26 @@ def test_dry_deploy_starts_no_container(env: Env) -> None:
     assert not (env.project.root / ".conveyor/history/local.jsonl").exists()
 
 
-def test_build_test_deploy_end_to_end_through_nginx(env: Env) -> None:
+def test_build_test_deploy_end_to_end_through_the_proxy(env: Env) -> None:
     sha = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=env.project.root, capture_output=True, text=True
     ).stdout
     result = env.project.invoke(
-        "build", "test", "--python", "3.12", "--pytest", "-q -m 'not services' app/tests", "deploy"
+        "build",
+        "test",
+        "--python",
+        "3.12",
+        "--pytest",
+        "-q -m 'not services' app/tests",
+        "deploy",
+        timeout=600,  # the test step creates a virtualenv and installs the project: minutes on a busy machine
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert get(f"{env.url}/version")["git_sha"] == sha.strip()
     request = urllib.request.Request(
-        f"{env.url}/notes", data=b'{"title": "through nginx"}', headers={"content-type": "application/json"}
+        f"{env.url}/notes",
+        data=b'{"title": "through the proxy"}',
+        headers={"content-type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 201
@@ -143,7 +171,7 @@ def test_build_test_deploy_end_to_end_through_nginx(env: Env) -> None:
     while get(f"{env.url}/notes/{note['id']}")["processed_at"] is None:
         assert time.monotonic() < deadline, "the worker never processed the note"
         time.sleep(0.5)
-    assert get(f"{env.url}/notes/{note['id']}")["summary"] == "through nginx"
+    assert get(f"{env.url}/notes/{note['id']}")["summary"] == "through the proxy"
     images = {
         service: subprocess.run(
             ["docker", "inspect", "-f", "{{.Image}} {{.State.Health.Status}}", f"{env.name}-{service}-1"],
@@ -167,6 +195,52 @@ def test_second_build_changes_version(env: Env) -> None:
     assert get(f"{env.url}/version")["git_sha"] == sha
 
 
+def test_a_deploy_a_rollback_and_a_failed_release_under_load_drop_no_request(env: Env) -> None:
+    """Requests through the proxy all along (tests/load.py): the rolling switch must not fail one of them,
+    every note written meanwhile must be readable afterwards, and the proxy must not be recreated."""
+    before = get(f"{env.url}/version")["git_sha"]
+    (proxy,) = running(env, "proxy")
+    proxy_id = subprocess.run(
+        ["docker", "inspect", "-f", "{{.Id}}", proxy], capture_output=True, text=True, check=True
+    ).stdout
+    env.project.write("app/release_note.py", "NOTE = 'deployed under load'\n")
+    commit(env.project, "a release deployed under load")
+    assert env.project.invoke("build").returncode == 0
+    windows = {}
+    with Load(env.url) as load:
+        time.sleep(2)
+        for name, args, code in (("deploy", ("deploy",), 0), ("rollback", ("rollback",), 0)):
+            start = time.monotonic()
+            result = env.project.invoke(*args)
+            assert result.returncode == code, result.stdout[-2000:] + result.stderr
+            windows[name] = load.window(start, time.monotonic())
+        set_readiness(env.project, broken=True)
+        commit(env.project, "a release that never gets ready")
+        assert env.project.invoke("build").returncode == 0
+        start = time.monotonic()
+        result = env.project.invoke("deploy")
+        assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+        assert "rolled back" in result.stderr
+        windows["failed release"] = load.window(start, time.monotonic())
+        time.sleep(1)
+    set_readiness(env.project, broken=False)
+    commit(env.project, "ready again")
+    for name, window in windows.items():
+        assert window.samples, f"{name}: no request was sent"
+        assert not window.failed, f"{name}: {window.summary()}"
+    assert get(f"{env.url}/version")["git_sha"] == before
+    assert load.written
+    for note in load.written:
+        assert get(f"{env.url}/notes/{note}")["id"] == note
+    assert running(env, "proxy") == [proxy]
+    assert (
+        subprocess.run(
+            ["docker", "inspect", "-f", "{{.Id}}", proxy], capture_output=True, text=True, check=True
+        ).stdout
+        == proxy_id
+    ), "the proxy was recreated although its configuration did not change"
+
+
 def test_failing_release_is_rolled_back_and_journaled(env: Env) -> None:
     good = get(f"{env.url}/version")["git_sha"]
     set_readiness(env.project, broken=True)
@@ -176,8 +250,10 @@ def test_failing_release_is_rolled_back_and_journaled(env: Env) -> None:
     print(f"failed deploy + rollback wall time: {time.monotonic() - start:.1f}s")
     assert result.returncode == 1
     line = one_error_line(result)
-    assert line.startswith("conveyor: deploy to local failed at wait (web is unhealthy")
+    # The new web never became healthy beside the old one, so it was removed and never served.
+    assert line.startswith("conveyor: deploy to local failed at apply (web is unhealthy")
     assert line.endswith(f"rolled back: serving {good[:12]} again (verified)")
+    assert len(running(env, "web")) == 1
     assert get(f"{env.url}/version")["git_sha"] == good
     history = [
         json.loads(x) for x in (env.project.root / ".conveyor/history/local.jsonl").read_text().splitlines()
@@ -198,22 +274,17 @@ def test_a_crash_looping_worker_rolls_back_every_process(env: Env) -> None:
     result = env.project.invoke("build", "deploy")
     assert result.returncode == 1
     line = one_error_line(result)
-    assert line.startswith("conveyor: deploy to local failed at wait (worker is crash-looping (restarted")
+    assert line.startswith("conveyor: deploy to local failed at apply (worker is crash-looping (restarted")
     assert line.endswith(f"rolled back: serving {good[:12]} again (verified)")
     assert get(f"{env.url}/version")["git_sha"] == good
+    (worker,) = running(env, "worker")
     labels = subprocess.run(
-        [
-            "docker",
-            "inspect",
-            "-f",
-            '{{index .Config.Labels "dev.conveyor.git-sha"}}',
-            f"{env.name}-worker-1",
-        ],
+        ["docker", "inspect", "-f", '{{index .Config.Labels "dev.conveyor.git-sha"}}', worker],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    assert labels == good  # the worker is back on the good release too
+    assert labels == good  # the worker is back on the good release too (web was switched back)
     set_worker(env.project, broken=False)
 
 
@@ -245,14 +316,16 @@ def test_sigint_during_wait_releases_lock_and_leaves_a_revision_serving(env: Env
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("==> wait for"):
+        if line.startswith("starting the new web beside the running one"):
+            time.sleep(1)  # the new container exists (and never gets ready)
             proc.send_signal(signal.SIGINT)
             break
     rest, err = proc.communicate(timeout=300)
     assert proc.returncode != 0, "".join(seen) + rest
-    assert "failed at wait (interrupted)" in err
+    assert "failed at apply (interrupted)" in err
     assert not (env.project.root / ".conveyor/locks/local.lock").exists()
     assert get(f"{env.url}/version")["git_sha"] == good
+    assert len(running(env, "web")) == 1  # the half-started instance was removed
     set_readiness(env.project, broken=False)
     commit(env.project, "ready again")  # later tests mount this source (dev stack) and `up` the last build
     assert env.project.invoke("build").returncode == 0
@@ -324,7 +397,7 @@ def test_missing_image_is_refused_before_anything_starts(env: Env, tmp_path: Pat
 def test_compose_syntax_error_names_file_and_line(env: Env) -> None:
     path = env.project.root / "compose/compose.local.yaml"
     saved = path.read_text()
-    path.write_text(saved.replace("  nginx:\n", "  nginx:\n  image: [unclosed\n", 1))
+    path.write_text(saved.replace("  proxy:\n", "  proxy:\n  image: [unclosed\n", 1))
     try:
         result = env.project.invoke("up", env={"CONVEYOR_COMPOSE__PROJECT": env.name + "-y"})
         assert result.returncode == 2

@@ -10,6 +10,7 @@ import yaml
 
 from conveyor import compose
 from conveyor.config import AppContract, Process
+from conveyor.deploy.compose import _in_place
 from conveyor.errors import ConfigError
 from conveyor.runner import Runner
 
@@ -32,7 +33,14 @@ def test_every_process_gets_the_image_command_environment_and_labels() -> None:
     web, worker, clock = services["web"], services["worker"], services["clock"]
     assert web["image"] == "sha256:abc"
     assert web["command"] == ["gunicorn", "shop:app"]
-    assert web["environment"] == {"LOG_LEVEL": "info", "TOKEN": "p$$ss"}  # `$` is not interpolated
+    # `$` is not interpolated; every process learns its stop budget (deploy.drain_seconds, shutdown_timeout)
+    assert web["environment"] == {
+        "CONVEYOR_DRAIN_SECONDS": "0",
+        "CONVEYOR_SHUTDOWN_TIMEOUT": "20",
+        "LOG_LEVEL": "info",
+        "TOKEN": "p$$ss",
+    }
+    assert web["stop_grace_period"] == worker["stop_grace_period"] == "20s"
     assert web["labels"] == {
         compose.LABEL_SHA: "1" * 40,
         compose.LABEL_IMAGE: "sha256:abc",
@@ -57,3 +65,24 @@ def test_a_process_without_a_compose_service_is_a_config_error(tmp_path: Path) -
         ConfigError, match=r"process `worker` has no service of that name \(services: db, web\)"
     ):
         compose.validate(Runner(out=io.StringIO()), stack, ["web", "worker"])
+
+
+def test_drain_and_shutdown_make_each_process_grace_period_and_variables() -> None:
+    text = compose.process_override(CONTRACT, "sha256:abc", "1" * 40, {}, shutdown=45, drain=3)
+    for service in yaml.safe_load(text)["services"].values():
+        assert service["stop_grace_period"] == "48s"  # draining (still serving), then finishing
+        assert service["environment"]["CONVEYOR_SHUTDOWN_TIMEOUT"] == "45"
+        assert service["environment"]["CONVEYOR_DRAIN_SECONDS"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ({}, ""),
+        ({"ports": [{"target": 8000}]}, ""),  # an ephemeral host port: two instances can run
+        ({"ports": [{"target": 8000, "published": "8000"}]}, "it publishes host port 8000"),
+        ({"container_name": "shop"}, "container_name shop is fixed"),
+    ],
+)
+def test_a_process_runs_beside_its_successor_unless_it_cannot(spec: dict[str, object], reason: str) -> None:
+    assert _in_place("web", {"services": {"web": spec}}) == reason

@@ -4,13 +4,15 @@ Revision = the image the processes run. Release command = a one-off `docker comp
 process's service (else the first process's) with the new image: its dependencies start first.
 
 Apply = a rolling switch per process (the first deploy just starts the stack). The new instance starts
-beside the old one (`up --no-recreate --scale`), must become healthy (else it is removed and the old one
-never stopped serving); for the HTTP process the nginx named by `compose.proxy` is then pointed at it
-(conveyor writes `/etc/nginx/conveyor/<process>.conf` in the proxy and reloads it: nginx's graceful reload
-lets old workers finish their requests); after `deploy.drain_seconds` the old instance gets SIGTERM and
-`deploy.shutdown_timeout` to finish, then it is removed. A plain `up` then recreates only the other
-services whose configuration changed (never the proxy for an app change). A process that cannot
-run twice (a fixed host port, a container_name) is replaced in place, and the plan says so.
+beside the old one (`up --no-recreate --scale`) and must become healthy (else it is removed: the old one
+never stopped serving). For the HTTP process conveyor then gives the proxy `deploy.drain_seconds` to route
+to it: a proxy that finds instances by DNS and health-checks them (the reference project's HAProxy). The
+old instance then gets SIGTERM: it fails its readiness while it still serves for `deploy.drain_seconds`
+(CONVEYOR_DRAIN_SECONDS), so the proxy takes it out of rotation, and has `deploy.shutdown_timeout` to
+finish what it holds; then it is removed. Nothing about the proxy is conveyor's: it is never reloaded or
+recreated for an app change. A plain `up` at the end recreates only the other services whose own
+configuration changed. A process that cannot run twice (a fixed host port, a container_name) is replaced
+in place, and the plan says so.
 
 Wait = every process's containers run the new image, none restarting, healthy where a healthcheck exists.
 Rollback = the same switch back to the previous image.
@@ -28,12 +30,11 @@ from conveyor.compose import LABEL_IMAGE, LABEL_SHA, Stack
 from conveyor.config import AppContract, Process
 from conveyor.deploy.model import Change, Lock, Plan, Release, Revision, RolloutFailed
 from conveyor.docker_engine import DockerEngine
-from conveyor.errors import CommandFailed, ConfigError, ConveyorError
+from conveyor.errors import ConveyorError
 from conveyor.runner import Runner
 
 OCI_REVISION = "org.opencontainers.image.revision"
 STEADY = 3.0  # seconds a process without a healthcheck must keep running, unrestarted, to count as up
-PROXY_DIR = "/etc/nginx/conveyor"  # the proxy's nginx.conf includes <process>.conf from here
 
 
 def _in_place(service: str, model: dict[str, Any]) -> str:
@@ -66,8 +67,6 @@ class ComposeDeployTarget:
         env: str,
         contract: AppContract,
         *,
-        proxy: str = "",
-        drain: float = 3.0,
         timeout: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -78,8 +77,6 @@ class ComposeDeployTarget:
         self.lock = lock
         self.env = env
         self.contract = contract
-        self.proxy = proxy
-        self.drain = drain
         self.timeout = timeout
         self.clock = clock
         self.sleep = sleep
@@ -88,7 +85,12 @@ class ComposeDeployTarget:
     def _with(self, release: Release) -> Stack:
         """The stack deploying ``release``: APP_IMAGE and the generated process file follow it."""
         override = compose.process_override(
-            self.contract, release.image, release.git_sha, self.stack.app_env, self.stack.shutdown
+            self.contract,
+            release.image,
+            release.git_sha,
+            self.stack.app_env,
+            self.stack.shutdown,
+            self.stack.drain,
         )
         return replace(
             self.stack, variables={**self.stack.variables, "APP_IMAGE": release.image}, override=override
@@ -129,11 +131,6 @@ class ComposeDeployTarget:
                 )
             changes.append(Change("git sha", current.git_sha[:12] if current else "", release.git_sha[:12]))
         model = compose.model(self.runner, self._with(release))
-        if self.proxy and self.proxy not in services:
-            raise ConfigError(
-                f"compose.proxy: `{self.proxy}` is not a service of compose.files "
-                f"(services: {', '.join(services)})"
-            )
         steps: list[str] = []
         if changes:
             if self.contract.release:
@@ -160,10 +157,10 @@ class ComposeDeployTarget:
             "limits"
         ) or {}
         extra = ", ".join(f"{k} {_size(k, v)}" for k, v in sorted(limits.items())) or "no limits set"
-        switch = f", switch {self.proxy} to it" if proc.http and self.proxy else ""
+        route = f", give the proxy {self.stack.drain}s to route to it" if proc.http else ""
         return (
             f"start {proc.name} beside the running one (+1 container while both run: {extra}), wait until "
-            f"healthy{switch}, then stop the old one (drain {self.drain:g}s, SIGTERM, "
+            f"healthy{route}, then SIGTERM the old one ({self.stack.drain}s draining, "
             f"{self.stack.shutdown}s to finish)"
         )
 
@@ -209,12 +206,11 @@ class ComposeDeployTarget:
                 continue
             if not fresh:
                 fresh = self._start_beside(stack, proc, live, want_id, deadline)
-            if proc.http and self.proxy:
-                self._point_proxy(proc, fresh[0])
-                self.sleep(self.drain)  # nginx's old workers finish the requests they hold
+            if proc.http and old:
+                self.sleep(self.stack.drain)  # the proxy finds the new instance and checks it
             for container in old:
                 self.runner.say(f"stopping the old {proc.name} ({container['Name'].lstrip('/')})")
-                self.engine.stop(str(container["Id"]), self.stack.shutdown)
+                self.engine.stop(str(container["Id"]), self.stack.shutdown + self.stack.drain)
                 self.engine.remove(str(container["Id"]))
 
     def _start_beside(
@@ -227,16 +223,7 @@ class ComposeDeployTarget:
         self.runner.say(f"starting the new {proc.name} beside the running one")
         fresh: list[dict[str, Any]] = []
         try:
-            compose.run(
-                self.runner,
-                stack,
-                "up",
-                "--detach",
-                "--no-recreate",
-                "--scale",
-                scale,
-                proc.name,
-            )
+            compose.run(self.runner, stack, "up", "--detach", "--no-recreate", "--scale", scale, proc.name)
             fresh = [c for c in self._containers(proc.name) if str(c["Id"]) not in before]
             new_ids = {str(c["Id"]) for c in fresh}
             steady_since: dict[str, float] = {}
@@ -249,29 +236,6 @@ class ComposeDeployTarget:
             for container in fresh or [c for c in self._containers(proc.name) if str(c["Id"]) not in before]:
                 self.engine.remove(str(container["Id"]))
             raise
-
-    def _point_proxy(self, proc: Process, instance: dict[str, Any]) -> None:
-        """Write the proxy's include for ``proc`` naming ``instance``, check nginx's config, reload it."""
-        proxies = [c for c in self._containers(self.proxy) if c["State"]["Running"]]
-        if not proxies:
-            raise RolloutFailed(f"compose.proxy: `{self.proxy}` has no running container to switch")
-        name = str(instance["Name"]).lstrip("/")
-        var = proc.name.replace("-", "_")
-        include = (
-            f"# written by conveyor: the live {proc.name} instance\nset $conveyor_{var} {name}:{proc.port};\n"
-        )
-        for container in proxies:
-            cid = str(container["Id"])
-            self.engine.put_file(cid, f"{PROXY_DIR}/{proc.name}.conf", include)
-            for args in (["nginx", "-t", "-q"], ["nginx", "-s", "reload"]):
-                try:
-                    self.runner.run(["docker", "exec", cid, *args], capture=True)
-                except CommandFailed as exc:
-                    why = exc.tail or f"exit code {exc.returncode}"
-                    raise RolloutFailed(
-                        f"compose.proxy: `{' '.join(args)}` failed in {self.proxy}: {why}"
-                    ) from None
-        self.runner.say(f"{self.proxy} now sends {proc.name} requests to {name}")
 
     def wait(self, plan: Plan, expected: Release, deadline: float) -> None:
         """Until every process runs the expected image and is healthy (or steadily up without a
