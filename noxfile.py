@@ -7,7 +7,7 @@ import nox
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "typecheck", "tests", "integration", "security"]
+nox.options.sessions = ["lint", "typecheck", "tests", "rules", "integration", "security"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHONS = nox.project.python_versions(PYPROJECT)
@@ -17,6 +17,8 @@ PRIMARY = "3.12"
 ENGINE_MARKERS = ("docker", "aws", "k8s", "pipeline")
 TOOL_MARKERS = ("scanners",)
 LINT_PATHS = ["src", "app", "tests", "benchmarks", "tasks.py", "noxfile.py"]
+# Prometheus rules (rules/*.yaml), their promtool unit tests (tests/*.yaml), prometheus.yml, alertmanager.yml
+RULES = "monitoring"
 
 
 def _install(session: nox.Session) -> None:
@@ -74,3 +76,22 @@ def security(session: nox.Session) -> None:
         "no:cacheprovider",
     )
     session.run("python", "-m", "conveyor.security", *session.posargs)
+
+
+@nox.session(python=False)
+def rules(session: nox.Session) -> None:
+    """promtool check and unit tests of the rules in monitoring/; the Prometheus and Alertmanager configs."""
+    import glob
+    import os
+    import shutil
+
+    missing = [tool for tool in ("promtool", "amtool") if shutil.which(tool) is None]
+    if missing:
+        hint = "apt-get install prometheus prometheus-alertmanager"
+        if os.environ.get("CI") == "true":
+            session.error(f"CI=true but {' and '.join(missing)} not found ({hint})")
+        session.skip(f"{' and '.join(missing)} not found ({hint})")
+    session.run("promtool", "check", "rules", *sorted(glob.glob(f"{RULES}/rules/*.yaml")), external=True)
+    session.run("promtool", "test", "rules", *sorted(glob.glob(f"{RULES}/tests/*.yaml")), external=True)
+    session.run("promtool", "check", "config", "--syntax-only", f"{RULES}/prometheus.yml", external=True)
+    session.run("amtool", "check-config", f"{RULES}/alertmanager.yml", external=True)

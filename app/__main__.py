@@ -63,8 +63,10 @@ def _worker(settings: Settings) -> int:
 
     from app.observability import configure_logging
     from app.worker import StartupError, Stop, Worker
+    from app.worker_metrics import serve
 
     configure_logging(settings.log_level)
+    serve(settings)  # Prometheus's view of the backlog (monitoring/rules), from a daemon thread
     stop = Stop()
     signal.signal(signal.SIGTERM, stop.set)
     signal.signal(signal.SIGINT, stop.set)
@@ -104,12 +106,16 @@ def create_from_env() -> object:
 
 
 def _serve(settings: Settings, *, reload: bool = False) -> int:
+    import threading
+
+    import structlog
     import uvicorn
 
     from app.main import create_app
     from app.observability import configure_logging
 
     configure_logging(settings.log_level)
+    log = structlog.get_logger("app")
     options: dict[str, object] = dict(
         host=settings.host,
         port=settings.port,
@@ -125,12 +131,20 @@ def _serve(settings: Settings, *, reload: bool = False) -> int:
     app = create_app(settings)
 
     class Draining(uvicorn.Server):
-        """On SIGTERM, /ready fails first; uvicorn then stops accepting and finishes what is in flight
-        within SHUTDOWN_GRACE. (Targets take the instance out of rotation before they send SIGTERM.)"""
+        """On SIGTERM, /ready fails at once while requests are still accepted for CONVEYOR_DRAIN_SECONDS
+        (a health-checking proxy takes the instance out of rotation meanwhile); then uvicorn stops
+        accepting and finishes what is in flight within SHUTDOWN_GRACE. A second signal stops at once."""
 
         def handle_exit(self, sig: int, frame: object) -> None:
+            if app.state.draining() or settings.drain_seconds <= 0:
+                app.state.drain()
+                super().handle_exit(sig, frame)  # type: ignore[arg-type]
+                return
             app.state.drain()
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            log.info("draining", seconds=settings.drain_seconds)
+            timer = threading.Timer(settings.drain_seconds, super().handle_exit, (sig, frame))
+            timer.daemon = True
+            timer.start()
 
     Draining(uvicorn.Config(app, **options)).run()  # type: ignore[arg-type]
     return 0

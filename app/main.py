@@ -83,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="conveyor-demo notes", version=__version__, lifespan=lifespan, docs_url=None)
     app.state.drain = lambda: state.update(draining=True)  # called on SIGTERM by the server
+    app.state.draining = lambda: bool(state["draining"])
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)

@@ -31,11 +31,13 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     ready_timeout: float = 1.0
     shutdown_grace: int = 20
+    drain_seconds: float = 0.0
     # The worker process (python -m app worker).
     startup_timeout: float = 30.0
     worker_heartbeat_file: str = DEFAULT_HEARTBEAT_FILE
     worker_claim_idle: float = 60.0
     worker_sweep_interval: float = 30.0
+    worker_metrics_port: int = 9100  # the worker's /metrics (app.worker_metrics); 0: off
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -55,9 +57,12 @@ class Settings:
                 env, "SHUTDOWN_GRACE", int, _number(env, "CONVEYOR_SHUTDOWN_TIMEOUT", int, 20, 1, 300), 1, 300
             ),
             startup_timeout=_number(env, "STARTUP_TIMEOUT", float, 30.0, 1.0, 600.0),
+            # Set by conveyor where nothing takes the instance out of rotation before SIGTERM (compose).
+            drain_seconds=_number(env, "CONVEYOR_DRAIN_SECONDS", float, 0.0, 0.0, 300.0),
             worker_heartbeat_file=heartbeat_file(env),
             worker_claim_idle=_number(env, "WORKER_CLAIM_IDLE", float, 60.0, 1.0, 3600.0),
             worker_sweep_interval=_number(env, "WORKER_SWEEP_INTERVAL", float, 30.0, 1.0, 3600.0),
+            worker_metrics_port=_number(env, "WORKER_METRICS_PORT", int, 9100, 0, 65535),
         )
 
 

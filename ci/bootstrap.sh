@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 
 # The kit is installed after the engines, so its packaged setup script runs by path here.
 # The reference app's tests start throwaway PostgreSQL and Redis servers: their binaries, not services.
-CONVEYOR_SETUP_PACKAGES="postgresql-15 redis-server" bash src/conveyor/data/setup-debian.sh
-for svc in postgresql redis-server; do service "$svc" stop >/dev/null 2>&1 || true; done
+# promtool and amtool (`nox -s rules`) come with Prometheus and Alertmanager, which must not run here.
+CONVEYOR_SETUP_PACKAGES="postgresql-15 redis-server prometheus prometheus-alertmanager" \
+  bash src/conveyor/data/setup-debian.sh
+for svc in postgresql redis-server prometheus prometheus-alertmanager; do service "$svc" stop >/dev/null 2>&1 || true; done
 echo "[bootstrap] pip install -e '.[dev]'"
 python3 -m pip install -q -e '.[dev]'
 # Machines that can pull official images may skip these two and keep the defaults.

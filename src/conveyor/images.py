@@ -17,7 +17,7 @@ from typing import Any
 
 from conveyor.config import ENV_DIR, AppContract, Config, read_pyproject
 from conveyor.docker_engine import DockerEngine
-from conveyor.errors import CommandFailed, ConveyorError
+from conveyor.errors import CommandFailed, ConfigError, ConveyorError
 from conveyor.git import Revision
 from conveyor.http import get_json, get_ok
 from conveyor.runner import Runner
@@ -29,7 +29,11 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 STANDINS = {
     "postgres": "conveyor-local/postgres:15",
     "redis": "conveyor-local/redis:7",
-    "nginx": "conveyor-local/nginx:1.22",
+    "haproxy": "conveyor-local/haproxy:2.6",
+    # The `monitoring` compose profile (compose/compose.monitoring.yaml).
+    "prometheus": "conveyor-local/prometheus:2.42",
+    "alertmanager": "conveyor-local/alertmanager:0.25",
+    "webhook": "conveyor-local/alert-webhook:1",
 }
 STANDIN_DIR = Path(__file__).resolve().parent / "data" / "standins"  # package data: any project builds them
 CA_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
@@ -241,11 +245,32 @@ def save_release(root: Path, built: Built) -> Path:
 
 
 def load_release(root: Path) -> dict[str, Any]:
+    """The release record of the last build; a truncated or wrong-shaped file is one line naming it."""
     path = root / RELEASE_FILE
     if not path.is_file():
         raise ConveyorError(f"no build recorded in {RELEASE_FILE}: run `invoke build` first")
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    again = "run `invoke build` again"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{RELEASE_FILE}: not valid JSON ({_reason(exc)}); {again}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{RELEASE_FILE}: expected a JSON object, got {type(data).__name__}; {again}")
+    for key in ("image_id", "git_sha"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ConfigError(f"{RELEASE_FILE}: `{key}` missing or not a string; {again}")
+    refs = data.get("refs")
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and ":" in r for r in refs):
+        raise ConfigError(f"{RELEASE_FILE}: `refs` must be a non-empty list of image:tag strings; {again}")
+    pushed = data.get("pushed", {})
+    if not isinstance(pushed, dict) or not all(isinstance(v, str) for v in pushed.values()):
+        raise ConfigError(f"{RELEASE_FILE}: `pushed` must map environment names to image digests; {again}")
     return data
+
+
+def _reason(exc: ValueError) -> str:
+    """``json``'s reason without the document: 'Expecting value: line 1 column 5 (char 4)' -> its head."""
+    return str(exc).split(" (char ")[0]
 
 
 # --- local base image and stand-ins ----------------------------------------------------------------
@@ -300,7 +325,7 @@ def build_base(runner: Runner, root: Path, *, name: str, suite: str, mirror: str
 
 
 def build_standins(runner: Runner, root: Path, base: str, environ: Mapping[str, str]) -> dict[str, str]:
-    """Build postgres, redis and nginx stand-ins from Debian packages on ``base``."""
+    """Build the stand-ins of STANDINS (postgres, redis, haproxy, the monitoring stack) on ``base``."""
     use_buildx = has_buildx(runner)
     for service, ref in STANDINS.items():
         folder = root / STANDIN_DIR / service

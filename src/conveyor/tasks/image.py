@@ -95,11 +95,11 @@ def base(
 @task(
     help={
         "base": "base image (default: image.base_image)",
-        "save": "record POSTGRES_IMAGE, REDIS_IMAGE, NGINX_IMAGE in .env",
+        "save": "record POSTGRES_IMAGE, REDIS_IMAGE, HAPROXY_IMAGE, PROMETHEUS_IMAGE, ... in .env",
     }
 )
 def standins(c: Context, base: str = "", save: bool = False) -> None:
-    """Build local stand-ins for postgres, redis and nginx from Debian packages."""
+    """Build local stand-ins (postgres, redis, haproxy, prometheus, alertmanager) from Debian packages."""
     from conveyor import dotenv_file, images
 
     runner = make_runner(c)
@@ -108,8 +108,9 @@ def standins(c: Context, base: str = "", save: bool = False) -> None:
     for service, ref in built.items():
         print(f"{service:<9} {ref}")
     if save and not runner.dry:
-        dotenv_file.update(cfg.root / ".env", {f"{s.upper()}_IMAGE": ref for s, ref in built.items()})
-        print("recorded POSTGRES_IMAGE, REDIS_IMAGE, NGINX_IMAGE in .env")
+        saved = {f"{s.upper()}_IMAGE": ref for s, ref in built.items()}
+        dotenv_file.update(cfg.root / ".env", saved)
+        print(f"recorded {', '.join(saved)} in .env")
 
 
 @task(help={"ref": "image to smoke (default: the last build)", "timeout": "seconds to wait for an answer"})
