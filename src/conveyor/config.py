@@ -27,6 +27,7 @@ ENV_DIR = Path("deploy/environments")
 TARGETS = ("compose", "ecs", "k8s")
 ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 ENV_PREFIX = "CONVEYOR_"
+SHUTDOWN_VAR = "CONVEYOR_SHUTDOWN_TIMEOUT"  # deploy.shutdown_timeout, given to every process
 RESERVED_VARS = {"CONVEYOR_ENV"}  # selects the environment; not a config key
 
 
@@ -84,13 +85,10 @@ SCHEMA: dict[str, Key] = {
         "int",
         3,
         "seconds an old instance keeps serving after it left rotation, before SIGTERM "
-        "(k8s preStop, ECS deregistration delay, compose after the proxy switched)",
+        "(k8s preStop, ECS deregistration delay; compose: the process, failing readiness, still serves)",
     ),
     "compose.project": Key("str", "", "compose project name (default: <project.name>-<env>)"),
     "compose.files": Key("list", (), "compose files, from the project root"),
-    "compose.proxy": Key(
-        "str", "", "nginx service in front of the HTTP process: deploys switch it to each new instance"
-    ),
     "ecs.cluster": Key("str", "", "ECS cluster name"),
     "ecs.service": Key(
         "str", "", "ECS service of the HTTP process (the first process when none serves HTTP)"
@@ -198,7 +196,6 @@ class AppContract:
 class ComposeTarget:
     project: str
     files: tuple[str, ...]
-    proxy: str = ""  # the nginx service a deploy switches (README "Zero-downtime deploys")
 
 
 @dataclass(frozen=True)
@@ -259,6 +256,11 @@ class Environment:
     ecs: EcsTarget
     k8s: K8sTarget
     infra: InfraSpec
+
+    def process_env(self) -> dict[str, str]:
+        """The plain variables every process gets on every target: the environment's vars and its
+        shutdown budget (README "Zero-downtime deploys")."""
+        return {**self.vars, SHUTDOWN_VAR: str(self.deploy.shutdown_timeout)}
 
 
 @dataclass(frozen=True)
@@ -465,6 +467,16 @@ def _suggest(key: str) -> str:
     return f"; did you mean `{close[0]}`?" if close else f"; known keys: {', '.join(sorted(SCHEMA))}"
 
 
+# Integer keys that must be at least 1 (every other integer key must be 0 or more).
+INT_MINIMUM = {
+    "image.max_size_mb": 1,
+    "deploy.timeout": 1,
+    "deploy.lock_ttl": 1,
+    "deploy.keep_revisions": 1,
+    "k8s.progress_deadline": 1,
+}
+
+
 def _coerce(key: str, val: Any, where: str, at: Callable[[str], str] | None = None) -> Any:
     """Check ``val`` against the key's kind; ``at(sub)`` names the file:line of a nested key."""
     kind = SCHEMA[key].kind
@@ -489,11 +501,17 @@ def _coerce(key: str, val: Any, where: str, at: Callable[[str], str] | None = No
             raise ConfigError(f"{where}: `{key}` must be one of low, medium, high, critical, got {val!r}")
         return val
     if kind == "int":
+        number: int | None = None
         if isinstance(val, int) and not isinstance(val, bool):
-            return val
-        if isinstance(val, str) and val.strip().lstrip("-").isdigit():
-            return int(val)
-        raise ConfigError(f"{where}: `{key}` must be an integer, got {_typename(val)} {val!r}")
+            number = val
+        elif isinstance(val, str) and val.strip().lstrip("-").isdigit():
+            number = int(val)
+        if number is None:
+            raise ConfigError(f"{where}: `{key}` must be an integer, got {_typename(val)} {val!r}")
+        least = INT_MINIMUM.get(key, 0)
+        if number < least:
+            raise ConfigError(f"{where}: `{key}` must be {least} or more, got {number}")
+        return number
     if kind == "bool":
         if isinstance(val, bool) or val in (0, 1):
             return bool(val)
@@ -639,9 +657,7 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
             get("deploy.shutdown_timeout"),
             get("deploy.drain_seconds"),
         ),
-        compose=ComposeTarget(
-            get("compose.project") or f"{project}-{name}", tuple(get("compose.files")), get("compose.proxy")
-        ),
+        compose=ComposeTarget(get("compose.project") or f"{project}-{name}", tuple(get("compose.files"))),
         ecs=EcsTarget(
             get("ecs.cluster"),
             get("ecs.service"),

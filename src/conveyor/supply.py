@@ -98,6 +98,32 @@ def record_path(root: Path, git_sha: str) -> Path:
     return root / RECORD_DIR / f"record-{git_sha}.json"
 
 
+def _scanners(root: Path, record: Path) -> list[dict[str, Any]]:
+    """The scanners of a security record; a truncated or wrong-shaped record is one line naming it."""
+    name = record.relative_to(root)
+    again = "run `invoke security` again"
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PromotionRefused(f"{name}: not valid JSON ({str(exc).split(' (char ')[0]}); {again}") from None
+    scanners = data.get("scanners") if isinstance(data, dict) else None
+    if not isinstance(scanners, list):
+        raise PromotionRefused(f"{name}: expected an object with a `scanners` list; {again}")
+    for index, scanner in enumerate(scanners):
+        ok = (
+            isinstance(scanner, dict)
+            and isinstance(scanner.get("name"), str)
+            and isinstance(scanner.get("status"), str)
+            and isinstance(scanner.get("counts", {}), dict)
+            and all(isinstance(n, int) for n in scanner.get("counts", {}).values())
+        )
+        if not ok:
+            raise PromotionRefused(
+                f"{name}: scanners[{index}] needs `name`, `status` and `counts` (severity: number); {again}"
+            )
+    return scanners
+
+
 def gate(root: Path, image: str, git_sha: str, max_severity: str) -> None:
     """Refuse (one line) unless ``image`` has an SBOM and ``git_sha`` a passing security record."""
     digest = digest_of(image)
@@ -110,9 +136,8 @@ def gate(root: Path, image: str, git_sha: str, max_severity: str) -> None:
         raise PromotionRefused(
             f"no security record for {git_sha[:12]} ({RECORD_DIR}/): run `invoke security`"
         )
-    data = json.loads(record.read_text(encoding="utf-8"))
     limit = SEVERITIES.index(max_severity)
-    for scanner in data.get("scanners", []):
+    for scanner in _scanners(root, record):
         if scanner["status"] == "error":
             raise PromotionRefused(f"security record of {git_sha[:12]}: {scanner['name']} did not run")
         for severity, count in scanner.get("counts", {}).items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from conveyor.deploy.model import (
     Change,
     Deployer,
     DeployFailed,
+    DeployInterrupted,
     LockHeld,
     Owner,
     Plan,
@@ -22,6 +24,7 @@ from conveyor.deploy.model import (
     Revision,
     RolloutFailed,
 )
+from conveyor.errors import ConfigError
 from conveyor.runner import Runner
 
 OLD = Revision("img-old", "img-old", "a" * 40)
@@ -299,4 +302,121 @@ def test_a_failing_stop_of_a_first_deploy_is_journaled_too(tmp_path: Path) -> No
         ("deploy", "failed"),
         ("rollback", "failed"),
     ]
+    assert target.lock.holder() is None
+
+
+class Outage:
+    """The target's engine stops answering: current() and rollback fail until ``back_after`` polls."""
+
+    def __init__(self, target: FakeTarget, back_after: int) -> None:
+        self.target, self.left = target, back_after
+        self.current = target.current
+        target.current = self.answer  # type: ignore[method-assign]
+
+    def answer(self) -> Revision | None:
+        if self.left > 0:
+            self.left -= 1
+            raise ConnectionError("('Connection aborted.', ConnectionRefusedError(111))")
+        return self.current()
+
+
+def test_the_rollback_waits_for_an_engine_that_comes_back(tmp_path: Path) -> None:
+    deployer, target, journal, out = make(tmp_path)
+    target.fail["wait:img-new"] = ConnectionError("engine gone")
+    target.fail["rollback"] = ConnectionError("engine gone")
+    Outage(target, back_after=3)
+    with pytest.raises(DeployFailed) as exc:
+        deployer.deploy(NEW)
+    assert re.search(
+        r"; the fake engine stopped answering, and answered again \d+s later; "
+        r"rolled back: serving aaaaaaaaaaaa again \(verified\)$",
+        str(exc.value),
+    )
+    assert target.calls.count("rollback") == 2  # tried, waited for the engine, tried again
+    assert "the fake engine does not answer (ConnectionError: ('Connection aborted.'" in out.getvalue()
+    assert "the fake engine answers again: rolling back" in out.getvalue()
+    assert [(e["action"], e["result"]) for e in journal.entries()] == [
+        ("deploy", "failed"),
+        ("rollback", "succeeded"),
+    ]
+    assert target.lock.holder() is None
+
+
+def test_an_engine_that_never_comes_back_is_recorded_and_the_lock_released(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.fail["wait:img-new"] = ConnectionError("engine gone")
+    target.fail["rollback"] = ConnectionError("engine gone")
+    Outage(target, back_after=10_000)
+    with pytest.raises(
+        DeployFailed, match=r"rollback to aaaaaaaaaaaa ALSO failed \(ConnectionError: engine"
+    ) as exc:
+        deployer.deploy(NEW)
+    assert str(exc.value).endswith(
+        "the fake engine did not answer for 30s, so bbbbbbbbbbbb may be applied, unverified: "
+        "check the environment now"
+    )
+    assert target.calls.count("rollback") == 1  # the engine never answered within the timeout
+    assert [(e["action"], e["result"]) for e in journal.entries()] == [
+        ("deploy", "failed"),
+        ("rollback", "failed"),
+    ]
+    assert target.lock.holder() is None
+
+
+def test_a_failing_rollback_of_a_healthy_engine_is_not_retried(tmp_path: Path) -> None:
+    deployer, target, _journal, out = make(tmp_path)
+    target.fail["wait:img-new"] = RolloutFailed("unhealthy")
+    target.fail["rollback"] = RolloutFailed("old image gone")
+    with pytest.raises(DeployFailed, match="ALSO failed .old image gone."):
+        deployer.deploy(NEW)
+    assert target.calls.count("rollback") == 1
+    assert "does not answer" not in out.getvalue()
+
+
+def test_ctrl_c_in_the_release_step_is_journaled_as_interrupted_with_exit_130(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.fail["release_steps"] = KeyboardInterrupt()
+    with pytest.raises(
+        DeployInterrupted, match="failed before apply .interrupted.; the services were not"
+    ) as exc:
+        deployer.deploy(NEW)
+    assert exc.value.exit_code == 130
+    (recorded,) = journal.entries()
+    assert (recorded["result"], recorded["error"]) == ("interrupted", "release step: interrupted")
+    assert "apply" not in target.calls
+    assert target.lock.holder() is None
+
+
+def test_a_failing_plan_is_journaled_and_changes_nothing(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.plan = lambda release: (_ for _ in ()).throw(OSError("engine gone"))  # type: ignore[method-assign]
+    with pytest.raises(DeployFailed, match=r"failed at plan \(OSError: engine gone\); nothing was changed"):
+        deployer.deploy(NEW)
+    assert [(e["result"], e["error"]) for e in journal.entries()] == [
+        ("failed", "plan: OSError: engine gone")
+    ]
+    assert target.lock.holder() is None
+
+
+class BrokenJournal:
+    def record(self, entry: dict[str, object]) -> dict[str, object]:
+        raise OSError("disk full")
+
+
+def test_a_journal_that_cannot_be_written_prints_the_entry(tmp_path: Path) -> None:
+    deployer, target, _journal, out = make(tmp_path)
+    deployer.journal = BrokenJournal()
+    deployer.deploy(NEW)
+    line = next(x for x in out.getvalue().splitlines() if "journal entry was NOT written" in x)
+    assert "(OSError: disk full)" in line
+    assert '"git_sha": "' + NEW.git_sha in line
+    assert target.lock.holder() is None
+
+
+def test_bad_input_found_by_the_plan_writes_no_journal_entry(tmp_path: Path) -> None:
+    deployer, target, journal, _ = make(tmp_path)
+    target.plan = lambda release: (_ for _ in ()).throw(ConfigError("process beat: no service"))  # type: ignore[method-assign]
+    with pytest.raises(ConfigError, match="process beat: no service"):
+        deployer.deploy(NEW)
+    assert journal.entries() == []
     assert target.lock.holder() is None

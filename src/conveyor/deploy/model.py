@@ -10,15 +10,16 @@ on failure after apply: roll back to the previous revision -> verify it -> recor
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from conveyor.config import AppContract
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConfigError, ConveyorError, UsageError
 from conveyor.http import get_json, get_ok
 from conveyor.runner import Runner
 
@@ -31,6 +32,12 @@ class DeployFailed(ConveyorError):
     """A deploy failed; the message says what failed and what is serving now."""
 
 
+class DeployInterrupted(DeployFailed):
+    """A deploy stopped by Ctrl-C (SIGINT): recorded and rolled back like a failure, exit code 130."""
+
+    exit_code = 130
+
+
 class LockHeld(ConveyorError):
     """Another deploy holds the environment's lock."""
 
@@ -41,6 +48,8 @@ class Release:
 
     image: str
     git_sha: str
+    # A rollback: a target that keeps each revision's config (k8s) brings that config back with the image.
+    restore: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -175,10 +184,13 @@ class Deployer:
     health: Callable[[str], None] = http_health
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    _outage: str = field(default="", init=False, repr=False)  # what the rollback knows of an engine outage
 
     def deploy(self, release: Release, *, dry: bool = False, action: str = "deploy") -> Plan:
         say = self.runner.say
         owner = Owner.here(release.git_sha)
+        if action == "rollback":
+            release = replace(release, restore=True)
         if dry:
             plan = self.target.plan(release)
             for line in plan.render():
@@ -196,33 +208,48 @@ class Deployer:
                 self.target.lock.release(owner)
                 say(f"lock {self.env} released")
             except Exception as exc:  # the outcome above is what matters; say the lock is left
-                say(f"warning: the lock of {self.env} was NOT released ({_describe(exc)})")
+                say(
+                    f"warning: the lock of {self.env} was NOT released ({describe(exc)}); "
+                    f"`invoke lock.release --env {self.env} --force` breaks it"
+                )
 
     def _deploy_locked(self, release: Release, action: str) -> Plan:
         start = self.clock()
-        with self.runner.step("plan"):
-            plan = self.target.plan(release)
-            for line in plan.render():
-                self.runner.say(line)
-        previous = plan.current
         entry: dict[str, object] = {
             "action": action,
             "env": self.env,
             "git_sha": release.git_sha,
             "image": release.image,
-            "previous_sha": previous.git_sha if previous else None,
-            "previous_image": previous.image if previous else None,
         }
+        try:
+            with self.runner.step("plan"):
+                plan = self.target.plan(release)
+                for line in plan.render():
+                    self.runner.say(line)
+        except (ConfigError, UsageError):
+            raise  # bad input found by the plan: refused with no side effect, no journal entry either
+        except (Exception, KeyboardInterrupt) as exc:  # nothing changed yet; still journaled
+            self._record(entry, _result(exc), start, f"plan: {describe(exc)}")
+            if isinstance(exc, ConveyorError):
+                raise
+            message = f"{action} to {self.env} failed at plan ({describe(exc)}); nothing was changed"
+            raise _failure(exc, message) from None
+        previous = plan.current
+        entry.update(
+            previous_sha=previous.git_sha if previous else None,
+            previous_image=previous.image if previous else None,
+        )
         try:
             if self.contract.release:
                 with self.runner.step(f"release command: {' '.join(self.contract.release)}"):
                     self.target.release_steps(plan)
         except (Exception, KeyboardInterrupt) as exc:
-            reason = _describe(exc)
-            self._record(entry, "failed", start, f"release step: {reason}")
-            raise DeployFailed(
+            reason = describe(exc)
+            self._record(entry, _result(exc), start, f"release step: {reason}")
+            raise _failure(
+                exc,
                 f"{action} to {self.env} failed before apply ({reason}); the services were not "
-                f"touched, serving {_serving(previous)}"
+                f"touched, serving {_serving(previous)}",
             ) from None
         failed_at = "apply"
         try:
@@ -237,18 +264,18 @@ class Deployer:
             failed_at = "smoke probe"
             self.verify(release.git_sha, deadline)
         except (Exception, KeyboardInterrupt) as exc:  # whatever failed, the journal hears of it
-            reason = _describe(exc)
-            self._record(entry, "failed", start, f"{failed_at}: {reason}")
+            reason = describe(exc)
+            self._record(entry, _result(exc), start, f"{failed_at}: {reason}")
             serving = self._roll_back(plan, previous)
-            raise DeployFailed(
-                f"{action} to {self.env} failed at {failed_at} ({reason}); {serving}"
+            raise _failure(
+                exc, f"{action} to {self.env} failed at {failed_at} ({reason}); {serving}"
             ) from None
         self._record(entry, "succeeded", start, None)
         try:
             with self.runner.step("housekeeping"):
                 self.target.finish(plan)
-        except ConveyorError as exc:  # the new revision serves; a cleanup failure is only a warning
-            self.runner.say(f"warning: housekeeping failed: {exc}")
+        except Exception as exc:  # the new revision serves; a cleanup failure is only a warning
+            self.runner.say(f"warning: housekeeping failed: {describe(exc)}")
         self.runner.say(
             f"{action} to {self.env} succeeded: serving {release.git_sha[:12]} in {self.clock() - start:.1f}s"
         )
@@ -298,52 +325,125 @@ class Deployer:
         }
         if previous is None:
             entry.update(git_sha=None, image=None)
-            try:
+
+            def stop() -> None:
                 with self.runner.step("no previous revision: stopping the failed one"):
                     self.target.stop(plan)
-            except (Exception, KeyboardInterrupt) as exc:
-                self._record(entry, "failed", start, _describe(exc))
+
+            failure = self._attempt(stop)
+            if failure is not None:
+                self._record(entry, _result(failure), start, describe(failure))
                 return (
-                    f"stopping the failed revision ALSO failed ({_describe(exc)}): check the environment now"
+                    f"stopping the failed revision ALSO failed ({describe(failure)}): check the environment"
                 )
             self._record(entry, "succeeded", start, None)
             return "nothing was serving before, and the failed revision was stopped"
         entry.update(git_sha=previous.git_sha, image=previous.image)
         back = Release(previous.image, previous.git_sha)
-        try:
+
+        def roll_back() -> None:
             with self.runner.step(f"roll back to {previous.git_sha[:12]}"):
                 self.target.rollback(plan, previous)
                 deadline = self.clock() + self.timeout
                 self.target.wait(plan, back, deadline)
                 self.verify(previous.git_sha, deadline)
-        except (Exception, KeyboardInterrupt) as exc:
-            self._record(entry, "failed", start, _describe(exc))
+
+        failure = self._attempt(roll_back)
+        if failure is not None:
+            self._record(entry, _result(failure), start, describe(failure))
+            gone = f"; {self._outage}, so {plan.release.git_sha[:12]} may be applied, unverified"
             return (
-                f"the rollback to {previous.git_sha[:12]} ALSO failed ({_describe(exc)}): "
-                "check the environment now"
+                f"the rollback to {previous.git_sha[:12]} ALSO failed ({describe(failure)})"
+                f"{gone if self._outage else ''}: check the environment now"
             )
         self._record(entry, "succeeded", start, None)
-        return f"rolled back: serving {previous.git_sha[:12]} again (verified)"
+        back_again = f"{self._outage}; " if self._outage else ""
+        return f"{back_again}rolled back: serving {previous.git_sha[:12]} again (verified)"
+
+    def _attempt(self, action: Callable[[], None]) -> BaseException | None:
+        """Run a rollback step; when it failed because the engine stopped answering, wait for the engine
+        (up to the deploy timeout) and try once more. The failure that remains, or None."""
+        try:
+            action()
+            return None
+        except KeyboardInterrupt as exc:
+            return exc
+        except Exception as exc:
+            first: BaseException = exc
+        try:
+            if not self._engine_came_back():
+                return first
+            action()
+            return None
+        except (Exception, KeyboardInterrupt) as exc:
+            return exc
+
+    def _engine_came_back(self) -> bool:
+        """False when the target answers (the failure was the target's own); else poll it until it answers
+        again (True) or the deploy timeout passes (False)."""
+        engine = ENGINES.get(self.target.kind, f"{self.target.kind} engine")
+        try:
+            self.target.current()
+            return False
+        except Exception as exc:
+            self.runner.say(
+                f"the {engine} does not answer ({describe(exc)}): waiting up to {self.timeout}s for it, "
+                "to roll back"
+            )
+        start = self.clock()
+        while self.clock() < start + self.timeout:
+            self.sleep(2)
+            if self._answers():
+                self._outage = (
+                    f"the {engine} stopped answering, and answered again {self.clock() - start:.0f}s later"
+                )
+                self.runner.say(f"the {engine} answers again: rolling back")
+                return True
+        self._outage = f"the {engine} did not answer for {self.timeout}s"
+        return False
+
+    def _answers(self) -> bool:
+        try:
+            self.target.current()
+        except Exception:
+            return False
+        return True
 
     def _record(self, entry: dict[str, object], result: str, start: float, error: str | None) -> None:
-        self.journal.record(
-            {
-                **entry,
-                "result": result,
-                "error": self.runner.redact(error) if error else None,
-                "duration": round(self.clock() - start, 1),
-                "who": _user(),
-                "host": socket.gethostname(),
-            }
-        )
+        """Journal one entry; if even that fails, print the entry (the record is never lost silently)."""
+        full = {
+            **entry,
+            "result": result,
+            "error": self.runner.redact(error) if error else None,
+            "duration": round(self.clock() - start, 1),
+            "who": _user(),
+            "host": socket.gethostname(),
+        }
+        try:
+            self.journal.record(full)
+        except Exception as exc:
+            self.runner.say(
+                f"warning: the journal entry was NOT written ({describe(exc)}): {json.dumps(full)}"
+            )
 
 
-def _describe(exc: BaseException) -> str:
+ENGINES = {"compose": "Docker engine", "ecs": "AWS endpoint", "k8s": "Kubernetes API server"}
+
+
+def _result(exc: BaseException) -> str:
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+
+
+def _failure(exc: BaseException, message: str) -> DeployFailed:
+    return DeployInterrupted(message) if isinstance(exc, KeyboardInterrupt) else DeployFailed(message)
+
+
+def describe(exc: BaseException) -> str:
     """One line for any failure: our own errors as they are, anything else with its type."""
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if isinstance(exc, ConveyorError):
-        return str(exc)
+        return " | ".join(line.strip() for line in str(exc).strip().splitlines())
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 

@@ -55,6 +55,10 @@ def run(c: Context, jobs: int = 0, only: str = "", skip: str = "", with_deploy: 
     from conveyor import pipeline
     from conveyor.errors import ConveyorError
 
+    if jobs < 0:
+        from conveyor.errors import UsageError
+
+        raise UsageError(f"--jobs {jobs}: expected 1 or more stages at once (0: one per core)")
     root = project_root()
     runner = make_runner(c)
     stages = pipeline.select(

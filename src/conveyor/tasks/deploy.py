@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from invoke.context import Context
 
@@ -69,43 +69,79 @@ def plan(c: Context, env: str = "") -> None:
 @task(help={**ENV_HELP, "to": "history entry number to go back to (default: the previous good release)"})
 def rollback(c: Context, env: str = "", to: int = 0) -> None:
     """Deploy an earlier release again (same algorithm, verified): entry --to N or the previous good one."""
-    from conveyor.deploy import Release, deployer_for
-    from conveyor.deploy.journal import FileJournal
+    from conveyor.deploy import Release, deployer_for, journal_for
+    from conveyor.deploy.journal import find, last_good_before_current
     from conveyor.errors import UsageError
 
+    if to < 0:
+        raise UsageError(f"--to {to}: expected a history entry number (1 or more; see `invoke history`)")
     cfg = load_config(env or None)
     runner = make_runner(c)
-    journal = FileJournal(cfg.root, cfg.env.name)
-    entry = journal.find(to) if to else journal.last_good_before_current()
-    if not entry.get("image"):
-        raise UsageError(f"history entry {entry['id']} has no image to go back to")
+    journal = journal_for(cfg, runner)  # the environment's journal: every checkout reads the same one
+    entry = find(journal, cfg.env.name, to) if to else last_good_before_current(journal, cfg.env.name)
+    if not entry.get("image") or not entry.get("git_sha"):
+        raise UsageError(f"history entry {entry.get('id')} of {cfg.env.name} has no image to go back to")
     release = Release(str(entry["image"]), str(entry["git_sha"]))
+    runner.say(f"rolling {cfg.env.name} back to entry {entry.get('id')} ({journal.where})")
     deployer_for(cfg, runner, release.image).deploy(release, dry=runner.dry, action="rollback")
 
 
 @task(help={**ENV_HELP, "limit": "number of entries to show"})
 def history(c: Context, env: str = "", limit: int = 20) -> None:
     """Show deploy history: live revisions (ECS, k8s) and the journal (who, when, sha, result)."""
+    from conveyor.deploy import journal_for
     from conveyor.deploy.journal import FileJournal
+    from conveyor.deploy.model import describe
+    from conveyor.errors import ConveyorError, UsageError
 
+    if limit < 1:
+        raise UsageError(f"--limit {limit}: expected 1 or more entries")
     cfg = load_config(env or None)
+    runner = make_runner(c)
     if cfg.env.target != "compose":  # ECS task definitions / Kubernetes rollout history, live
         from conveyor.deploy import target_for
 
         print(f"{cfg.env.name} ({cfg.env.target}), live revisions:")
-        for line in target_for(cfg, make_runner(c), "none").live_history():
+        try:
+            live = target_for(cfg, runner, "none").live_history()
+        except Exception as exc:  # the journal below is still worth showing
+            live = [f"unavailable: {cfg.env.target}: {describe(exc)}"]
+        for line in live:
             print(f"  {line}")
         print()
-    entries = FileJournal(cfg.root, cfg.env.name).entries()[-limit:]
+    journal = journal_for(cfg, runner)
+    local = FileJournal(cfg.root, cfg.env.name)
+    unreachable = ""
+    try:
+        entries = journal.entries()
+    except Exception as exc:
+        if journal is local:
+            raise
+        unreachable = f"journal {journal.where} unreachable ({describe(exc)})"
+        print(f"{unreachable}; this checkout's own file {local.where}:")
+        journal, entries = local, local.entries()
+    _print_entries(cfg.env.name, journal.where, entries[-limit:])
+    if journal is not local and local.path.exists():
+        print(
+            f"(this checkout also kept {len(local.entries())} entries in {local.where}: "
+            "written while the shared journal was unreachable)"
+        )
+    if unreachable:
+        raise ConveyorError(unreachable)
+
+
+def _print_entries(env: str, where: str, entries: list[dict[str, Any]]) -> None:
+    """The journal as a table, oldest first."""
     if not entries:
-        print(f"no deploys recorded for {cfg.env.name} in {FileJournal(cfg.root, cfg.env.name).path.name}")
+        print(f"no deploys recorded for {env} in {where}")
         return
-    print(f"{'#':>3}  {'when':<24} {'action':<9} {'sha':<13} {'result':<10} {'secs':>6}  who / note")
+    print(f"{'#':>3}  {'when':<24} {'action':<9} {'sha':<13} {'result':<11} {'secs':>6}  who / note")
     for e in entries:
         sha = (e.get("git_sha") or "-")[:12]
         note = e.get("error") or (f"rollback of {e['rollback_of'][:12]}" if e.get("rollback_of") else "")
         print(
-            f"{e['id']:>3}  {e['when']:<24} {e['action']:<9} {sha:<13} {e['result']:<10} {e['duration']:>6}  "
+            f"{e.get('id', '?'):>3}  {e.get('when', '?'):<24} {e.get('action', '?'):<9} {sha:<13} "
+            f"{e.get('result', '?'):<11} {e.get('duration', '?'):>6}  "
             f"{e.get('who', '?')}{' - ' + note if note else ''}"
         )
 
@@ -136,11 +172,13 @@ def release_lock(c: Context, env: str = "", force: bool = False) -> None:
     help={"from_": "environment whose running digest is promoted", "to": "environment to deploy it to"},
 )
 def promote(c: Context, from_: str, to: str) -> None:
-    """Deploy the exact digest running in one environment to the next, if its SBOM and scans allow it."""
+    """Deploy the exact digest running in one environment to the next (copied into its registry by digest)."""
     from conveyor import supply
     from conveyor.deploy import Release, deployer_for, target_for
-    from conveyor.errors import ConveyorError
+    from conveyor.errors import ConveyorError, UsageError
 
+    if from_ == to:
+        raise UsageError(f"--from {from_} --to {to}: promote moves a release to ANOTHER environment")
     source = load_config(from_)
     runner = make_runner(c)
     serving = target_for(source, runner, "none").current()
@@ -151,5 +189,8 @@ def promote(c: Context, from_: str, to: str) -> None:
     runner.say(
         f"promoting {serving.git_sha[:12]} ({serving.image}) from {source.env.name} to {dest.env.name}"
     )
-    release = Release(serving.image, serving.git_sha)
-    deployer_for(dest, runner, release.image).deploy(release, dry=runner.dry, action="promote")
+    deployer = deployer_for(dest, runner, serving.image)  # every static check, before anything is copied
+    from conveyor import registry  # the destination's registry gets the same digest (no pull, no push)
+
+    image = registry.promote_image(runner, serving.image, dest, serving.git_sha[:12])
+    deployer.deploy(Release(image, serving.git_sha), dry=runner.dry, action="promote")

@@ -33,6 +33,16 @@ def typecheck(c: Context) -> None:
 )
 def test(c: Context, python: str = "", pytest: str = "") -> None:
     """Run the tests on every declared Python (nox -s tests)."""
+    if python:
+        from conveyor.config import declared_pythons, read_pyproject
+        from conveyor.errors import UsageError
+
+        matrix = declared_pythons(read_pyproject(project_root()))
+        if matrix and python not in matrix:
+            raise UsageError(
+                f"--python {python}: not in the test matrix ({', '.join(matrix)}, from the "
+                "`Programming Language :: Python :: 3.X` classifiers of pyproject.toml)"
+            )
     _nox(c, f"tests-{python}" if python else "tests", pytest)
 
 
