@@ -262,7 +262,7 @@ def test_sidecar_images_and_an_app_container_under_another_name() -> None:
         "sidecar proxy image": ("envoyproxy/envoy:v1.29.0", "envoyproxy/envoy:v1.30.1")
     }
     # The live revision's app container was called `web` (the only container): compared as the app's.
-    old = {"containerDefinitions": [{**container(new, "app"), "name": "web"}], "cpu": "256", "memory": "512"}
+    old = {**new, "containerDefinitions": [{**container(new, "app"), "name": "web"}]}
     assert changes(old, new) == {"sidecar proxy image": ("", "envoyproxy/envoy:v1.30.1")}
 
 

@@ -54,20 +54,30 @@ class EcsApi:
         return found[service]
 
     def update_service(
-        self, cluster: str, service: str, task_definition: str | None, desired: int | None = None
+        self,
+        cluster: str,
+        service: str,
+        task_definition: str | None,
+        desired: int | None = None,
+        *,
+        deployment: Mapping[str, Any],
+        grace: int | None = None,
     ) -> None:
-        """Point ``service`` at ``task_definition`` (None: keep it) with the circuit breaker on."""
+        """Point ``service`` at ``task_definition`` (None: keep it) with ``deployment`` as its
+        deploymentConfiguration; ``grace`` (healthCheckGracePeriodSeconds) only for a load-balanced one."""
         extra: dict[str, Any] = {}
         if task_definition is not None:
             extra["taskDefinition"] = task_definition
         if desired is not None:
             extra["desiredCount"] = desired
+        if grace is not None:
+            extra["healthCheckGracePeriodSeconds"] = grace
         self._call(
             "ecs",
             "update_service",
             cluster=cluster,
             service=service,
-            deploymentConfiguration={"deploymentCircuitBreaker": {"enable": True, "rollback": True}},
+            deploymentConfiguration=dict(deployment),
             **extra,
         )
 
@@ -132,6 +142,21 @@ class EcsApi:
 
     def stop_task(self, cluster: str, task: str, reason: str) -> None:
         self._call("ecs", "stop_task", cluster=cluster, task=task, reason=reason)
+
+    # -- logs ------------------------------------------------------------------------------------------
+
+    def log_tail(self, group: str, stream: str, lines: int) -> list[str]:
+        """The last ``lines`` messages of a CloudWatch Logs stream, oldest first ([] when it is absent)."""
+        try:
+            out = self._call(
+                "logs", "get_log_events", logGroupName=group, logStreamName=stream, limit=lines,
+                startFromHead=False,
+            )  # fmt: skip
+        except AwsError as exc:
+            if "ResourceNotFoundException" in str(exc):
+                return []
+            raise
+        return [str(e.get("message", "")).rstrip("\n") for e in out.get("events") or []]
 
     # -- account, secrets, parameters ------------------------------------------------------------------
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
+import json
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,8 +29,10 @@ from typing import Any
 
 from conveyor import __version__
 from conveyor.config import SECRET_LIKE, AppContract, Config, EcsTarget, Process, read_yaml
+from conveyor.deploy.ecs.rollout import check_rollout
 from conveyor.deploy.model import Change
 from conveyor.errors import ConfigError
+from conveyor.secrets import SecretRef
 
 TAG_SHA, TAG_DEPLOYER, TAG_VERSION, TAG_PROCESS = (
     "conveyor:git-sha",
@@ -39,6 +44,8 @@ OUR_TAGS = (TAG_SHA, TAG_DEPLOYER, TAG_VERSION, TAG_PROCESS)
 # The container healthCheck of a process that is not HTTP but has a `healthcheck` command (seconds;
 # ECS allows interval 5-300, timeout 2-60, retries 1-10, startPeriod 0-300).
 HEALTHCHECK_TIMING = {"interval": 15, "timeout": 5, "retries": 3, "startPeriod": 30}
+# IAM role ARNs of the template (taskRoleArn, executionRoleArn); ${AWS_ACCOUNT_ID} is substituted later.
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}|\$\{AWS_ACCOUNT_ID\}):role/[\w+=,.@/${}-]+$")
 # Fargate's valid task sizes (AWS docs, "Task CPU and memory"): cpu units -> allowed memory MiB.
 FARGATE_SIZES: dict[int, list[int]] = {
     256: [512, 1024, 2048],
@@ -61,6 +68,7 @@ class Inputs:
     variables: Mapping[str, str]  # the environment's `vars`
     secrets: Mapping[str, str]  # NAME -> valueFrom (a Secrets Manager ARN or SSM parameter); never a value
     substitutions: Mapping[str, str]  # ${NAME} in the template -> value (PROCESS is added per process)
+    stop_timeout: int | None = None  # the app container's stopTimeout (deploy.shutdown_timeout)
 
 
 # --- names -----------------------------------------------------------------------------------------
@@ -142,7 +150,96 @@ def load_template(path: Path, *, name: str = "") -> dict[str, Any]:
         at = f"{at} ({label})"
         _check_keys(container, container_keys, at)
         _check_shapes(container, at)
+        _check_log_configuration(container, at, fargate=_is_fargate(data))
+    _check_task_fields(data, where)
     return data
+
+
+def _is_fargate(definition: Mapping[str, Any]) -> bool:
+    compat = definition.get("requiresCompatibilities") or []
+    return isinstance(compat, list) and "FARGATE" in compat
+
+
+def _check_task_fields(data: Mapping[str, Any], where: str) -> None:
+    """Task role, execution role and runtimePlatform: the shapes RegisterTaskDefinition accepts."""
+    for key in ("taskRoleArn", "executionRoleArn"):
+        arn = data.get(key)
+        if arn is not None and (not isinstance(arn, str) or not ROLE_ARN.match(arn)):
+            raise ConfigError(
+                f"{where}: `{key}` must be an IAM role ARN "
+                f"(arn:aws:iam::${{AWS_ACCOUNT_ID}}:role/NAME), got {arn!r}"
+            )
+    platform = data.get("runtimePlatform")
+    if platform is not None:
+        if not isinstance(platform, dict):
+            raise ConfigError(
+                f"{where}: `runtimePlatform` must be a mapping "
+                f"{{cpuArchitecture, operatingSystemFamily}}, got {_kind(platform)}"
+            )
+        known = _members("RegisterTaskDefinition", "RuntimePlatform")
+        _check_keys(platform, known, f"{where}: runtimePlatform")
+        for key, shape in (("cpuArchitecture", "CPUArchitecture"), ("operatingSystemFamily", "OSFamily")):
+            allowed = _enum(shape)
+            if key in platform and platform[key] not in allowed:
+                raise ConfigError(
+                    f"{where}: runtimePlatform.{key} must be one of {', '.join(allowed)}, "
+                    f"got {platform[key]!r}"
+                )
+    if _is_fargate(data) and not data.get("executionRoleArn"):
+        pulls_logs_or_secrets = [
+            str(c.get("name"))
+            for c in data["containerDefinitions"]
+            if c.get("secrets") or (c.get("logConfiguration") or {}).get("logDriver") == "awslogs"
+        ]
+        if pulls_logs_or_secrets:
+            raise ConfigError(
+                f"{where}: container {pulls_logs_or_secrets[0]} uses awslogs or secrets, which Fargate "
+                "reaches with the task execution role: set `executionRoleArn`"
+            )
+
+
+def _check_log_configuration(container: Mapping[str, Any], where: str, *, fargate: bool) -> None:
+    """logConfiguration: a known driver, string options; awslogs needs its group and region, and
+    ``awslogs-create-group`` is the string "true" or "false"."""
+    logs = container.get("logConfiguration")
+    if logs is None:
+        return
+    if not isinstance(logs, dict):
+        raise ConfigError(
+            f"{where}: `logConfiguration` must be a mapping {{logDriver, options}}, got {_kind(logs)}"
+        )
+    drivers = _enum("LogDriver")
+    if logs.get("logDriver") not in drivers:
+        raise ConfigError(
+            f"{where}: logConfiguration.logDriver must be one of {', '.join(drivers)}, "
+            f"got {logs.get('logDriver')!r}"
+        )
+    options = logs.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: logConfiguration.options must be a mapping, got {_kind(options)}")
+    for key, value in options.items():
+        if not isinstance(value, str):
+            raise ConfigError(
+                f'{where}: logConfiguration.options.{key} must be a string (quote it: "{value}"), '
+                f"got {_kind(value)}"
+            )
+    if logs["logDriver"] != "awslogs":
+        return
+    needed = ["awslogs-group", "awslogs-region"] + (["awslogs-stream-prefix"] if fargate else [])
+    for key in needed:
+        if not options.get(key):
+            raise ConfigError(f"{where}: the awslogs driver needs logConfiguration.options.{key}")
+    create = options.get("awslogs-create-group")
+    if create is not None and create not in ("true", "false"):
+        raise ConfigError(
+            f'{where}: logConfiguration.options.awslogs-create-group must be "true" or "false", '
+            f"got {create!r}"
+        )
+
+
+def _enum(shape: str) -> list[str]:
+    """The allowed values of an ECS enum shape, from botocore's model (offline)."""
+    return list(_model().shape_for(shape).enum)
 
 
 def _check_shapes(container: Mapping[str, Any], where: str) -> None:
@@ -211,16 +308,21 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _members(operation: str, shape: str | None = None) -> set[str]:
-    """Known keys from botocore's own ECS model (offline): RegisterTaskDefinition or one of its shapes."""
+@functools.cache
+def _model() -> Any:
+    """botocore's ECS service model (offline, parsed once)."""
     from botocore.loaders import create_loader
     from botocore.model import ServiceModel
 
-    model = ServiceModel(create_loader().load_service_model("ecs", "service-2"), "ecs")
-    op = model.operation_model(operation).input_shape
+    return ServiceModel(create_loader().load_service_model("ecs", "service-2"), "ecs")
+
+
+def _members(operation: str, shape: str | None = None) -> set[str]:
+    """Known keys from botocore's own ECS model (offline): RegisterTaskDefinition or one of its shapes."""
+    op = _model().operation_model(operation).input_shape
     if shape is None:
         return set(op.members)
-    return set(model.shape_for(shape).members)
+    return set(_model().shape_for(shape).members)
 
 
 def _check_keys(data: Mapping[str, Any], known: set[str], where: str) -> None:
@@ -283,6 +385,64 @@ def check_static(cfg: Config, template: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"secrets.{name}: `{ref}`: ECS reads secrets by reference from Secrets Manager or SSM only"
             )
+    if cfg.env.secrets and _is_fargate(template) and not template.get("executionRoleArn"):
+        raise ConfigError(
+            f"{where}: the environment's secrets reach a Fargate task through its execution role: "
+            "set `executionRoleArn`"
+        )
+    if "stopTimeout" in container:
+        raise ConfigError(
+            f"{where}: container {container['name']}: `stopTimeout` of the app container comes from "
+            "deploy.shutdown_timeout; remove it from the template"
+        )
+    check_rollout(cfg, fargate=_is_fargate(template))
+    for process, definition in render_offline(cfg, template, image=PLACEHOLDER_IMAGE).items():
+        check_fargate(definition, f"{where} (process {process})")
+        validate_definition(definition, f"{where} (process {process})")
+
+
+PLACEHOLDER_IMAGE = "placeholder.invalid/app@sha256:" + "0" * 64  # what the static checks render with
+
+
+def offline_value_from(ref: SecretRef, region: str) -> str:
+    """A secret's valueFrom as far as it is known without AWS (a Secrets Manager ARN's random suffix and
+    the account are not)."""
+    if ref.scheme == "aws-sm":
+        arn = f"arn:aws:secretsmanager:{region}:${{AWS_ACCOUNT_ID}}:secret:{ref.target}"
+        return f"{arn}:{ref.key}::" if ref.key else arn
+    return ref.target
+
+
+def render_offline(
+    cfg: Config, template: Mapping[str, Any], *, image: str, git_sha: str = "0" * 40, deployer: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Every process's task definition without AWS: secrets as their references, the account unknown."""
+    region = cfg.env.ecs.region
+    inputs = Inputs(
+        image=image,
+        git_sha=git_sha,
+        deployer=deployer,
+        variables=cfg.env.process_env(),
+        secrets={name: offline_value_from(ref, region) for name, ref in cfg.env.secrets.items()},
+        substitutions={"AWS_REGION": region, "AWS_ACCOUNT_ID": "${AWS_ACCOUNT_ID}"},
+        stop_timeout=cfg.env.deploy.shutdown_timeout,
+    )
+    container = app_container(template, cfg.env.ecs.container, cfg.env.ecs.task_definition)
+    return render_all(template, cfg.app, container=container, inputs=inputs)
+
+
+def validate_definition(definition: Mapping[str, Any], where: str) -> None:
+    """The rendered definition against RegisterTaskDefinition's input shape (botocore's own validator:
+    types, required members, ranges), offline."""
+    from botocore.validate import ParamValidator
+
+    shape = _model().operation_model("RegisterTaskDefinition").input_shape
+    report = ParamValidator().validate(dict(definition), shape)
+    if report.has_errors():
+        first = [line for line in report.generate_report().splitlines() if line.strip()] or ["invalid"]
+        raise ConfigError(
+            f"{where}: the rendered task definition is refused by the ECS model: {first[0].strip()}"
+        )
 
 
 # --- rendering -------------------------------------------------------------------------------------
@@ -323,6 +483,8 @@ def render_all(
 
 def _fill_app_container(spec: dict[str, Any], process: Process, inputs: Inputs) -> None:
     spec["image"] = inputs.image
+    if inputs.stop_timeout is not None:
+        spec["stopTimeout"] = inputs.stop_timeout
     if process.command:
         spec["command"] = list(process.command)
     env = _pairs(spec.get("environment"), "value")
@@ -397,6 +559,9 @@ def diff(live: Mapping[str, Any] | None, new: Mapping[str, Any], *, container: s
     new_secrets = _pairs(new_c.get("secrets"), "valueFrom")
     for name in sorted(set(old_secrets) | set(new_secrets)):
         note(f"secret {name} (valueFrom)", old_secrets.get(name, ""), new_secrets.get(name, REMOVED))
+    changes += _fields("", live, new, _members("RegisterTaskDefinition") - TASK_SHOWN, bool(live))
+    container_keys = _members("RegisterTaskDefinition", "ContainerDefinition")
+    changes += _fields("container ", old_c, new_c, container_keys - CONTAINER_SHOWN, bool(live))
     old_side = {c["name"]: c for c in live.get("containerDefinitions") or [] if c.get("name") != container}
     if live and old_c.get("name") != container:
         old_side.pop(str(old_c.get("name")), None)  # the app container under its old name
@@ -405,7 +570,44 @@ def diff(live: Mapping[str, Any] | None, new: Mapping[str, Any], *, container: s
         old_image = str(old_side[name].get("image", "")) if name in old_side else ""
         new_image = str(new_side[name].get("image", "")) if name in new_side else REMOVED
         note(f"sidecar {name} image", old_image, new_image)
+        if name in old_side and name in new_side:
+            keys = container_keys - {"name", "image"}
+            changes += _fields(f"sidecar {name} ", old_side[name], new_side[name], keys, True)
     return changes
+
+
+# Fields the diff shows in their own way; every other RegisterTaskDefinition field is compared as a value.
+TASK_SHOWN = {"family", "containerDefinitions", "tags", "cpu", "memory"}
+CONTAINER_SHOWN = {"name", "image", "command", "portMappings", "healthCheck", "environment", "secrets"}
+VALUE_SHOWN = 100  # characters of a field's value shown in a plan
+
+
+def _fields(
+    prefix: str, old: Mapping[str, Any], new: Mapping[str, Any], keys: set[str], known: bool
+) -> list[Change]:
+    """One change per field of ``keys`` whose value differs (a field gone is ``(removed)``); the
+    defaults ECS fills in on registration (empty lists, container cpu 0, essential true) count as unset."""
+    changes = []
+    for key in sorted(keys):
+        before, after = _normal(key, old.get(key)), _normal(key, new.get(key))
+        if before == after:
+            continue
+        shown_old = _value(before) if known and before is not None else ""
+        changes.append(Change(f"{prefix}{key}", shown_old, REMOVED if after is None else _value(after)))
+    return changes
+
+
+def _normal(key: str, value: Any) -> Any:
+    if value in (None, [], {}, ""):
+        return None
+    if (key == "cpu" and value == 0) or (key == "essential" and value is True):
+        return None
+    return value
+
+
+def _value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= VALUE_SHOWN else text[: VALUE_SHOWN - 3] + "..."
 
 
 def _shown(name: str, value: str) -> str:
