@@ -2,10 +2,11 @@
 and the Kubernetes flows with its two processes (web: gunicorn, worker: a management command) and its
 release command (migrate), using the files init generated as they are.
 
-- ECS (`--env staging`): moto server over HTTP, played by tests/ecs_harness.py. The command line runs in
-  another process, so ECS time passes when it polls: each DescribeServices / DescribeTasks that moto
-  answers is one tick of the harness (the harness already ticks on UpdateService). The smoke probe reaches
-  a stand-in for the load balancer that answers what the web service's PRIMARY deployment would.
+- ECS (`--env staging`): moto server over HTTP, played by tests/ecs_harness.py, which runs every task
+  conveyor deploys as real containers of the pushed images. The command line runs in another process, so
+  ECS time passes when it polls: each DescribeServices / DescribeTasks that moto answers is one tick of the
+  harness (the harness already ticks on UpdateService, RunTask and StopTask). The smoke probe reaches the
+  harness's load balancer in front of the web service's healthy tasks: the real Django containers.
 - Kubernetes (`--env production`): `invoke --dry plan` renders offline (NOT CONNECTED), the rendering is
   validated independently, then K8sDeployTarget + Deployer drive tests/k8s_fake.py (OUR KubeApi).
 """
@@ -21,12 +22,10 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +138,9 @@ def provision_ecs(project: Adopted, aws: Callable[[str], Any]) -> tuple[dict[str
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
     group = ec2.create_security_group(GroupName=cluster, Description=cluster, VpcId=vpc)["GroupId"]
     aws("ecs").create_cluster(clusterName=cluster)
+    # The awslogs group the generated template names (infra.up's stack creates it; ECS needs it to exist).
+    options = generated(project, "deploy/ecs/taskdef.yaml")["containerDefinitions"][0]["logConfiguration"]
+    aws("logs").create_log_group(logGroupName=options["options"]["awslogs-group"])
     for process in ("web", "worker"):
         bootstrap = aws("ecs").register_task_definition(
             family=families[process],
@@ -161,7 +163,11 @@ def ecs_time_follows_polls(harness: EcsRollout) -> Iterator[None]:
     for method in ("describe_services", "describe_tasks"):
         original = getattr(backend, method)
 
-        def polled(*args: Any, __original: Callable[..., Any] = original, **kwargs: Any) -> Any:
+        def polled(
+            *args: Any, __original: Callable[..., Any] = original, __method: str = method, **kwargs: Any
+        ) -> Any:
+            if __method == "describe_services":
+                harness.now += 5  # the deploying process polls DescribeServices every 5 s
             harness.tick()
             return __original(*args, **kwargs)
 
@@ -172,36 +178,6 @@ def ecs_time_follows_polls(harness: EcsRollout) -> Iterator[None]:
         for method in ("describe_services", "describe_tasks"):
             backend.__dict__.pop(method, None)
         harness.close()
-
-
-@contextlib.contextmanager
-def version_route(answer: Callable[[str], dict[str, object]]) -> Iterator[str]:
-    """A stand-in for the load balancer in front of the web service: /version answers ``answer``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path != "/version":
-                self.send_error(404)
-                return
-            body = json.dumps(answer(self.path)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def in_registry(image: str) -> bool:
@@ -231,9 +207,21 @@ def test_ecs_staging_runs_migrate_deploys_web_and_worker_and_rolls_back_a_failin
     aws = aws_clients(moto_endpoint)
     services, families = provision_ecs(project, aws)
     cluster = generated(project, "deploy/environments/staging.yaml")["ecs"]["cluster"]
-    harness = EcsRollout(REGION, cluster, [services["web"], services["worker"]])
-    harness.settle()
-    with ecs_time_follows_polls(harness), version_route(harness.probe) as lb:
+    harness = EcsRollout(REGION, cluster, [services["web"], services["worker"]], endpoint=moto_endpoint)
+    harness.settle(run=False)  # the bootstrap revision's image cannot be pulled: placeholder tasks
+    # The app keeps its sqlite file in /srv/data (compose: a named volume): on ECS the operator mounts an
+    # EFS file system there, so the release task's migration and the web tasks share it.
+    path = project.root / "deploy/ecs/taskdef.yaml"
+    taskdef = yaml.safe_load(path.read_text())
+    taskdef["volumes"] = [
+        {"name": "data", "efsVolumeConfiguration": {"fileSystemId": "fs-0123456789abcdef0"}}
+    ]
+    taskdef["containerDefinitions"][0]["mountPoints"] = [
+        {"sourceVolume": "data", "containerPath": "/srv/data"}
+    ]
+    path.write_text(yaml.safe_dump(taskdef, sort_keys=False))
+    project.commit("an EFS volume for the sqlite file")
+    with ecs_time_follows_polls(harness), harness.balancer() as lb:
         # Gitignored by the generated .gitignore: the builds stay clean (no -dirty tag).
         project.write(".env", f"CONVEYOR_IMAGE__BASE_IMAGE={base_image}\n")
         project.write(
@@ -277,6 +265,7 @@ def test_ecs_staging_runs_migrate_deploys_web_and_worker_and_rolls_back_a_failin
             assert {e["name"]: e["value"] for e in app["environment"]} == {
                 "LOG_LEVEL": "info",
                 "IMAGE_DIGEST": image,
+                "CONVEYOR_SHUTDOWN_TIMEOUT": "20",  # deploy.shutdown_timeout, on every target
             }
             [secret] = app["secrets"]
             assert secret["name"] == "SECRET_KEY"
@@ -299,13 +288,16 @@ def test_ecs_staging_runs_migrate_deploys_web_and_worker_and_rolls_back_a_failin
         command.write_text(command.read_text().replace(*BREAK_THE_WORKER))
         second = project.commit("the worker crashes")
         project.ok("build")
-        harness.scenarios[services["worker"]].append("fail")
         start = time.monotonic()
         result = project.invoke("deploy", "--env", "staging")
         project.timings["deploy --env staging (worker fails)"] = time.monotonic() - start
         out = result.stdout + result.stderr
         assert result.returncode == 1, out[-4000:]
-        assert f"failed at wait (worker: 3 tasks of {families['worker']}:3 failed to start (limit 3))" in out
+        # The broken worker really exits 3: ECS's circuit breaker rolls the worker back by itself.
+        assert (
+            "failed at wait (worker: ECS rolled the deployment back by itself (circuit breaker or alarm); "
+            f"serving {families['worker']}:2 (sha {first[:12]})"
+        ) in out
         assert f"rolled back: serving {first[:12]} again (verified)" in out
         for process in ("web", "worker"):
             svc = aws("ecs").describe_services(cluster=cluster, services=[services[process]])["services"][0]
@@ -319,13 +311,16 @@ def test_ecs_staging_runs_migrate_deploys_web_and_worker_and_rolls_back_a_failin
 
         history = project.ok("history", "--env", "staging")
         assert f"worker (service {services['worker']}, family {families['worker']}):" in history
-        journal = FileJournal(project.root, "staging").entries()
+        name = generated(project, "invoke.yaml")["conveyor"]["project"]["name"]
+        # The journal lives with the environment (SSM), read here through the test's own AWS client.
+        stored = aws("ssm").get_parameters_by_path(Path=f"/conveyor/journal/{name}/staging")["Parameters"]
+        journal = [json.loads(p["Value"]) for p in sorted(stored, key=lambda p: p["Name"])]
         assert [(e["action"], e["result"], e["git_sha"]) for e in journal] == [
             ("deploy", "succeeded", first),
             ("deploy", "failed", second),
             ("rollback", "succeeded", first),
         ]
-        name = generated(project, "invoke.yaml")["conveyor"]["project"]["name"]
+        assert not (project.root / ".conveyor/history/staging.jsonl").exists()  # nothing fell back
         assert aws("ssm").get_parameters(Names=[f"/conveyor/locks/{name}/staging"])["Parameters"] == []
     print(
         f"{project.root.name}: ECS staging, steps: { {k: round(v, 1) for k, v in project.timings.items()} }"
@@ -411,7 +406,13 @@ def test_k8s_dry_plan_renders_both_processes_and_the_release_job_offline(
         ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True
     )
     objects = [o for o in yaml.safe_load_all(rendered.stdout) if o]
-    assert yaml.safe_dump_all(objects, sort_keys=False) in out
+    # What the plan prints is that rendering plus the fields conveyor sets from configuration (rollout
+    # strategy, grace period, preStop; no `replicas` under an HPA): equal once those are left out.
+    preview = out[out.index("apiVersion:") : out.index("[dry] stopping after the plan")]
+    printed = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(preview) if o}
+    assert [_without_settings(printed[(o["kind"], o["metadata"]["name"])]) for o in objects] == [
+        _without_settings(o) for o in objects
+    ]
     validated = subprocess.run(
         ["kubernetes-validate", "--strict", "-k", "1.32.0", "-"],
         input=rendered.stdout, capture_output=True, text=True, check=False,
@@ -431,6 +432,19 @@ def test_k8s_dry_plan_renders_both_processes_and_the_release_job_offline(
         assert "command" not in app  # the image's ENTRYPOINT stays
         assert bool(app.get("ports")) == (process == "web")
     assert project.git("status", "--porcelain") == ""  # the committed files were not touched
+
+
+def _without_settings(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without the Deployment fields conveyor sets from `k8s.*` and `deploy.*`."""
+    obj = json.loads(json.dumps(obj))
+    if obj["kind"] == "Deployment":
+        for key in ("strategy", "minReadySeconds", "progressDeadlineSeconds", "replicas"):
+            obj["spec"].pop(key, None)
+        pod = obj["spec"]["template"]["spec"]
+        pod.pop("terminationGracePeriodSeconds", None)
+        for container in pod["containers"]:
+            container.pop("lifecycle", None)
+    return dict(obj)
 
 
 @pytest.fixture
@@ -491,8 +505,10 @@ def test_k8s_deploy_runs_migrate_as_a_job_then_both_deployments_by_digest(
     deployer.deploy(new)
     steps = [c for c in kube.calls if c.startswith(("apply", "rollout"))]
     job_name = next(c.split("/", 1)[1] for c in steps if c.startswith("apply job/"))
+    secret = steps[0].split("/", 1)[1]  # named by the hash of its values: a new value is a new Secret
+    assert secret.startswith(f"{name}-")
     assert steps == [
-        f"apply secret/{name}",
+        f"apply secret/{secret}",
         f"apply job/{job_name}",
         f"apply service/{name}",
         f"apply deployment/{name}-web",
@@ -507,7 +523,7 @@ def test_k8s_deploy_runs_migrate_as_a_job_then_both_deployments_by_digest(
     assert "command" not in container
     assert pod["restartPolicy"] == "Never"
     assert not {"ports", "readinessProbe", "livenessProbe"} & set(container)
-    assert container["envFrom"] == [{"secretRef": {"name": name, "optional": True}}]
+    assert container["envFrom"] == [{"secretRef": {"name": secret, "optional": True}}]
     assert job["status"]["succeeded"] == 1
     for process, args in (("web", WEB_COMMAND), ("worker", WORKER_COMMAND)):
         app = kube.container(f"{name}-{process}", "app")
@@ -519,7 +535,7 @@ def test_k8s_deploy_runs_migrate_as_a_job_then_both_deployments_by_digest(
     secret_key = json.loads(
         aws("secretsmanager").get_secret_value(SecretId=f"{name}/production")["SecretString"]
     )["secret_key"]
-    secret = json.loads(kube.stdin[0])
+    secret = yaml.safe_load(kube.stdin[0])  # the versioned config, before the Job
     assert base64.b64decode(secret["data"]["SECRET_KEY"]).decode() == secret_key
     assert secret_key not in out.getvalue()
     assert secret_key not in " ".join(kube.calls)
@@ -539,7 +555,11 @@ def test_k8s_a_worker_that_never_gets_ready_rolls_both_deployments_back(
     deployer, target, _ = k8s_deployer(project, kube, aws)
     with pytest.raises(DeployFailed) as exc:
         deployer.deploy(new)
-    assert "failed at wait (kubectl rollout: error: timed out waiting for the condition)" in str(exc.value)
+    # the stalled rollout's progress deadline (k8s.progress_deadline, 600 s) comes before deploy.timeout
+    assert (
+        f'failed at wait (kubectl rollout: error: deployment "{name}-worker" exceeded its progress deadline)'
+        in str(exc.value)
+    )
     assert str(exc.value).endswith(f"rolled back: serving {old.git_sha[:12]} again (verified)")
     for process in ("web", "worker"):
         assert f"rollout undo {name}-{process} --to-revision=1" in kube.calls

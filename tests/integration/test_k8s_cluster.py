@@ -7,8 +7,13 @@ To run it:
     KUBECONFIG=... CONVEYOR_K8S_TEST_IMAGE=<registry>/conveyor-demo@sha256:... \\
     K8S_TEST_DATABASE_URL=postgresql://... K8S_TEST_REDIS_URL=redis://... nox -s integration -- -m k8s
 The image must be a build of this repo's app the cluster can pull, by digest; both URLs must be reachable
-from the cluster (readiness checks them; the worker consumes Redis). /version is read through
-`kubectl port-forward`.
+from the cluster (the release Job migrates Postgres; the worker consumes Redis). /version is read through
+`kubectl port-forward`. The cluster must be 1.30 or newer (the preStop `sleep` action).
+
+Scenarios, the same as the unit tests on the strict fake (tests/unit/test_k8s_release.py): a deploy with
+the rollout settings, preStop and no `replicas` owned by conveyor (the HPA's); a rollout that stalls on an
+image that cannot be pulled rolls back image AND config (the pods' environment is the previous one); a
+failing release Job shows its log tail and applies nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +35,7 @@ from app.tests.conftest import free_port
 from conveyor import config
 from conveyor.deploy.journal import FileJournal
 from conveyor.deploy.k8s import K8sDeployTarget, KubeCtl
-from conveyor.deploy.model import Deployer, Release
+from conveyor.deploy.model import Deployer, DeployFailed, Release
 from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
 from tests.conftest import REPO, Project
@@ -83,49 +89,120 @@ class PortForward:
             self.proc.wait(10)
 
 
-def test_deploy_to_a_real_cluster(cluster: str, tmp_path: Path) -> None:
-    namespace = f"conveyor-test-{uuid.uuid4().hex[:6]}"
-    shutil.copytree(REPO / "k8s", tmp_path / "k8s")
-    shutil.copy(REPO / "invoke.yaml", tmp_path / "invoke.yaml")  # the app contract: web + worker
-    overlay = tmp_path / "k8s/overlays/production/kustomization.yaml"
-    overlay.write_text(overlay.read_text().replace("conveyor-production", namespace))
-    project = Project(tmp_path)
-    project.write(
-        "deploy/environments/production.yaml",
-        "target: k8s\nurl: http://127.0.0.1:9\n"
-        f"k8s:\n  overlay: k8s/overlays/production\n  namespace: {namespace}\n"
-        "secrets:\n  DATABASE_URL: env:K8S_TEST_DATABASE_URL\n  REDIS_URL: env:K8S_TEST_REDIS_URL\n",
-    )
-    sha = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
-    subprocess.run(["kubectl", "create", "namespace", namespace], check=True)
-    probe = PortForward(namespace)
-    try:
-        cfg = config.load(tmp_path, "production", environ=os.environ)
-        runner = Runner(out=io.StringIO())
-        resolver = SecretResolver(runner.redact, environ=os.environ, root=tmp_path)
-        target = K8sDeployTarget(
-            runner, KubeCtl(runner, namespace), cfg, deployer="k8s-test", resolver=resolver
+class Env:
+    """A throwaway namespace with the reference project's overlay, contract and a Deployer on KubeCtl."""
+
+    def __init__(self, tmp_path: Path, image: str, extra_env: str = "") -> None:
+        self.namespace = f"conveyor-test-{uuid.uuid4().hex[:6]}"
+        self.root = tmp_path
+        self.image = image
+        shutil.copytree(REPO / "k8s", tmp_path / "k8s")
+        shutil.copy(REPO / "invoke.yaml", tmp_path / "invoke.yaml")  # the app contract: web + worker
+        overlay = tmp_path / "k8s/overlays/production/kustomization.yaml"
+        overlay.write_text(overlay.read_text().replace("conveyor-production", self.namespace))
+        self.project = Project(tmp_path)
+        self.project.write(
+            "deploy/environments/production.yaml",
+            "target: k8s\nurl: http://127.0.0.1:9\n"
+            f"k8s:\n  overlay: k8s/overlays/production\n  namespace: {self.namespace}\n{extra_env}"
+            "secrets:\n  DATABASE_URL: env:K8S_TEST_DATABASE_URL\n  REDIS_URL: env:K8S_TEST_REDIS_URL\n",
         )
-        journal = FileJournal(tmp_path, "production")
+        self.sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
+        subprocess.run(["kubectl", "create", "namespace", self.namespace], check=True)
+        self.probe = PortForward(self.namespace)
+        self.runner = Runner(out=io.StringIO())
+        self.kube = KubeCtl(self.runner, self.namespace)
+
+    def deployer(self) -> tuple[Deployer, K8sDeployTarget]:
+        """A fresh config read (the test may have changed the files), target and Deployer."""
+        cfg = config.load(self.root, "production", environ=os.environ)
+        resolver = SecretResolver(self.runner.redact, environ=os.environ, root=self.root)
+        target = K8sDeployTarget(self.runner, self.kube, cfg, deployer="k8s-test", resolver=resolver)
         deployer = Deployer(
-            target, runner, journal, "production", timeout=300, lock_ttl=600, contract=cfg.app,
-            url=cfg.env.url, probe=probe,
+            target, self.runner, FileJournal(self.root, "production"), "production", timeout=300,
+            lock_ttl=600, contract=cfg.app, url=cfg.env.url, probe=self.probe,
         )  # fmt: skip
-        deployer.deploy(Release(cluster, sha))
-        current = target.current()
-        assert current is not None
-        assert current.image == cluster
-        assert journal.entries()[-1]["result"] == "succeeded"
-        kube = KubeCtl(runner, namespace)
-        for workload in target.workloads:  # every process runs the release, with its command
-            live = kube.get("deployment", workload.deployment)
-            assert live is not None
-            app = live["spec"]["template"]["spec"]["containers"][workload.index]
-            assert app["image"] == cluster
-            command = next(p.command for p in cfg.app.processes if p.name == workload.process)
-            assert app.get("args", []) == list(command)
+        return deployer, target
+
+    def pod_env(self, deployment: str, name: str) -> str:
+        """What a running pod of ``deployment`` has in its environment for ``name``."""
+        return subprocess.run(
+            ["kubectl", "-n", self.namespace, "exec", f"deploy/{deployment}", "--", "printenv", name],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    def close(self) -> None:
+        self.probe.close()
+        subprocess.run(["kubectl", "delete", "namespace", self.namespace, "--wait=false"], check=False)
+
+
+@pytest.fixture
+def env(cluster: str, tmp_path: Path) -> Iterator[Env]:
+    environment = Env(tmp_path, cluster)
+    try:
+        yield environment
     finally:
-        probe.close()
-        subprocess.run(["kubectl", "delete", "namespace", namespace, "--wait=false"], check=False)
+        environment.close()
+
+
+def test_deploy_to_a_real_cluster(env: Env) -> None:
+    deployer, target = env.deployer()
+    deployer.deploy(Release(env.image, env.sha))
+    current = target.current()
+    assert current is not None
+    assert current.image == env.image
+    assert FileJournal(env.root, "production").entries()[-1]["result"] == "succeeded"
+    cfg = config.load(env.root, "production", environ=os.environ)
+    for workload in target.workloads:  # every process runs the release, with its command
+        live = env.kube.get("deployment", workload.deployment)
+        assert live is not None
+        app = live["spec"]["template"]["spec"]["containers"][workload.index]
+        assert app["image"] == env.image
+        command = next(p.command for p in cfg.app.processes if p.name == workload.process)
+        assert app.get("args", []) == list(command)
+        assert live["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 23
+    web = env.kube.get("deployment", "conveyor-demo")
+    assert web is not None
+    assert web["spec"]["template"]["spec"]["containers"][0]["lifecycle"] == {
+        "preStop": {"sleep": {"seconds": 3}}
+    }
+    # the HPA owns replicas: conveyor's field manager does not
+    owned = [m for m in web["metadata"].get("managedFields", []) if m.get("manager") == "conveyor"]
+    assert owned
+    assert all("f:replicas" not in json.dumps(m.get("fieldsV1", {}).get("f:spec", {})) for m in owned)
+
+
+def test_a_failed_rollout_on_a_cluster_restores_image_config_and_secret(env: Env) -> None:
+    deployer, _ = env.deployer()
+    deployer.deploy(Release(env.image, env.sha))
+    before = env.pod_env("conveyor-demo", "LOG_LEVEL")
+    configmap = env.root / "k8s/base/configmap.yaml"
+    configmap.write_text(configmap.read_text().replace("LOG_LEVEL: info", "LOG_LEVEL: debug"))
+    overlay = env.root / "k8s/overlays/production/kustomization.yaml"
+    overlay.write_text(overlay.read_text().replace("value: warning", "value: debug"))
+    environment = env.root / "deploy/environments/production.yaml"
+    environment.write_text(
+        environment.read_text().replace("  namespace:", "  progress_deadline: 60\n  namespace:")
+    )
+    missing = env.image.split("@")[0] + "@sha256:" + "0" * 64  # never pulls: the rollout stalls
+    deployer, target = env.deployer()
+    with pytest.raises(DeployFailed, match="rolled back"):
+        deployer.deploy(Release(missing, env.sha))
+    assert env.pod_env("conveyor-demo", "LOG_LEVEL") == before  # config came back with the image
+    current = target.current()
+    assert current is not None
+    assert current.image == env.image
+
+
+def test_a_failing_release_job_shows_its_log_on_a_cluster(env: Env) -> None:
+    contract = env.root / "invoke.yaml"
+    migrate = "    command: [python, -m, app, migrate]\n"
+    assert migrate in contract.read_text()
+    failing = "    command: [python, -c, \"import sys; print('k8s-log-canary'); sys.exit(3)\"]\n"
+    contract.write_text(contract.read_text().replace(migrate, failing))
+    deployer, _ = env.deployer()
+    with pytest.raises(DeployFailed, match=r"failed before apply .*\(log: k8s-log-canary\)"):
+        deployer.deploy(Release(env.image, env.sha))
+    assert env.kube.get("deployment", "conveyor-demo") is None  # nothing was applied

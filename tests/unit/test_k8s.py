@@ -40,6 +40,10 @@ OLD = Release("registry.example.com/shop/shop@sha256:" + "1" * 64, "a" * 40)
 NEW = Release("registry.example.com/shop/shop@sha256:" + "2" * 64, "b" * 40)
 SIDECAR = "registry.example.com/tools/log-shipper@sha256:" + "5" * 64
 SENTINEL = "k8s-sentinel-secret-value-7f3a"
+SHUTDOWN = {
+    "name": "CONVEYOR_SHUTDOWN_TIMEOUT",
+    "value": "20",
+}  # every app container: deploy.shutdown_timeout
 WEB, WORKER = "shop-web", "shop-worker"
 
 
@@ -296,29 +300,30 @@ def test_vars_reach_every_app_container_over_its_own_env_and_no_sidecar(project:
     flags = {"name": "FEATURE_FLAGS", "value": "search,$$(HOSTNAME),a$$$$b"}  # as written, not expanded
     [web] = deps[WEB]["containers"]
     # the environment wins on LOG_LEVEL, in the manifest's place; TZ stays; the other vars follow by name
-    assert web["env"] == [{"name": "LOG_LEVEL", "value": "warning"}, {"name": "TZ", "value": "UTC"}, flags]
+    level, tz = {"name": "LOG_LEVEL", "value": "warning"}, {"name": "TZ", "value": "UTC"}
+    assert web["env"] == [level, tz, SHUTDOWN, flags]
     assert web["envFrom"] == [{"secretRef": {"name": "shop-env"}}]
     shipper, worker = deps[WORKER]["containers"]
-    assert worker["env"] == [flags, {"name": "LOG_LEVEL", "value": "warning"}]
+    assert worker["env"] == [SHUTDOWN, flags, level]
     assert worker["envFrom"] == [{"secretRef": {"name": "shop-env"}}]
     assert worker["args"] == ["shop", "work", "--queue", "default"]  # the same JSON patch sets both
     assert "env" not in shipper
     assert shipper == {**SHIPPER, "resources": LIMITS, "securityContext": RESTRICTED}
 
 
-def test_without_vars_the_manifests_env_is_left_alone(project: Project) -> None:
+def test_without_vars_the_app_containers_get_only_the_shutdown_budget(project: Project) -> None:
     web_app = {**WEB_APP, "env": [{"name": "TZ", "value": "UTC"}]}
     write_manifests(project, [deployment(WEB, "web", [web_app], 2), web_and_worker()[1]], (SERVICE,))
     _, target, _ = make(project, FakeKube(NS))
-    kustomization = (project.root / "build/k8s/production/kustomization.yaml").read_text()
-    assert "/env" not in kustomization
     deps = {
         o["metadata"]["name"]: o["spec"]["template"]["spec"]
         for o in target.render(NEW, require_digest=True)
         if o["kind"] == "Deployment"
     }
-    assert deps[WEB]["containers"][0]["env"] == [{"name": "TZ", "value": "UTC"}]
-    assert all("env" not in c for c in deps[WORKER]["containers"])
+    assert deps[WEB]["containers"][0]["env"] == [{"name": "TZ", "value": "UTC"}, SHUTDOWN]
+    shipper, worker = deps[WORKER]["containers"]
+    assert worker["env"] == [SHUTDOWN]
+    assert "env" not in shipper
 
 
 def test_vars_are_deployed_and_changed_ones_listed_in_the_plan_masked_when_secret_like(
@@ -334,6 +339,7 @@ def test_vars_are_deployed_and_changed_ones_listed_in_the_plan_masked_when_secre
     deployer.deploy(NEW)
     for name in (WEB, WORKER):
         assert kube.container(name, "app")["env"] == [
+            SHUTDOWN,
             {"name": "LOG_LEVEL", "value": "warning"},
             {"name": "SENTRY_API_KEY", "value": "k8s-not-shown-4d1"},
         ]
@@ -380,7 +386,7 @@ def test_two_processes_deployed_release_job_first_both_verified(project: Project
     deployer.deploy(NEW)
     steps = applied(kube)
     job = next(i for i, c in enumerate(steps) if c.startswith("apply job/"))
-    assert steps[0] == "apply secret/shop-env"  # before the Job: it reads the same secrets
+    assert steps[0].startswith("apply secret/shop-env-")  # before the Job: it reads the same secrets
     assert job < steps.index(f"apply deployment/{WEB}") < steps.index(f"apply deployment/{WORKER}")
     assert steps[-2:] == [f"rollout status {WEB}", f"rollout status {WORKER}"]
     for name, args in ((WEB, ["shop", "serve"]), (WORKER, ["shop", "work", "--queue", "default"])):
@@ -394,8 +400,8 @@ def test_two_processes_deployed_release_job_first_both_verified(project: Project
     assert current is not None
     assert (current.ref, current.git_sha, current.image) == ("2", NEW.git_sha, NEW.image)
     # the secret's value went on stdin, base64 in the Secret, never on argv or in the output
-    secret = json.loads(kube.stdin[0])
-    assert (secret["kind"], secret["metadata"]["name"]) == ("Secret", "shop-env")
+    secret = yaml.safe_load(kube.stdin[0])
+    assert (secret["kind"], secret["metadata"]["name"][:9]) == ("Secret", "shop-env-")
     assert base64.b64decode(secret["data"]["DATABASE_URL"]).decode() == SENTINEL
     assert SENTINEL not in out.getvalue()
     assert SENTINEL not in " ".join(kube.calls)
@@ -423,7 +429,9 @@ def test_the_release_job_runs_the_release_command_in_the_anchor_pod(project: Pro
     assert (container["image"], container["args"]) == (NEW.image, ["shop", "migrate", "--no-input"])
     assert "command" not in container  # args: the image's ENTRYPOINT stays
     assert not {"ports", "readinessProbe", "livenessProbe", "startupProbe"} & set(container)
-    assert container["envFrom"] == [{"secretRef": {"name": "shop-env"}}]
+    [source] = container["envFrom"]  # the release's own Secret, named by the hash of its values
+    assert source["secretRef"]["name"] == kube.container(WEB, "app")["envFrom"][0]["secretRef"]["name"]
+    assert source["secretRef"]["name"].startswith("shop-env-")
 
 
 def test_no_release_command_no_job(project: Project) -> None:
@@ -435,7 +443,7 @@ def test_no_release_command_no_job(project: Project) -> None:
     deployer.deploy(NEW)
     assert not any(c.startswith("apply job/") for c in kube.calls)
     steps = applied(kube)
-    assert steps[0] == "apply secret/shop-env"
+    assert steps[0].startswith("apply secret/shop-env-")
     assert steps.index(f"apply deployment/{WEB}") < steps.index(f"rollout status {WEB}")
 
 
@@ -520,7 +528,9 @@ def test_a_replicaset_getting_ready_is_waited_for(project: Project) -> None:
     kube.rollouts[WORKER].append("slow")
     deployer, _, _ = make(project, kube)
     deployer.deploy(NEW)
-    assert sum(c.startswith("get replicasets") and "component=worker" in c for c in kube.calls) == 2
+    start = kube.calls.index(f"rollout status {WORKER}")
+    waited = kube.calls[start : kube.calls.index(f"get deployment/{WEB}", start)]  # housekeeping reads too
+    assert sum(c.startswith("get replicasets") and "component=worker" in c for c in waited) == 2
 
 
 def test_a_failing_release_job_applies_nothing(project: Project) -> None:
@@ -619,7 +629,9 @@ def test_offline_plan_renders_validates_and_says_not_connected(project: Project)
     assert plan.steps[0].startswith("NOT CONNECTED (no kube context")
     assert [(c.what, c.old) for c in plan.changes] == [
         ("process web image", "unknown (no cluster)"),
+        ("process web env CONVEYOR_SHUTDOWN_TIMEOUT", "unknown (no cluster)"),
         ("process worker image", "unknown (no cluster)"),
+        ("process worker env CONVEYOR_SHUTDOWN_TIMEOUT", "unknown (no cluster)"),
     ]
     assert f"image: {NEW.image}" in plan.preview
     assert kube.calls == []

@@ -21,7 +21,7 @@ class KubeApi(Protocol):
     def current_context(self) -> str: ...
     def kustomize(self, path: Path) -> str: ...
     def diff(self, manifests: str) -> str: ...
-    def apply(self, manifests: str) -> None: ...
+    def apply(self, manifests: str, field_manager: str = "conveyor") -> None: ...
     def create(self, manifest: str) -> bool: ...
     def get(self, kind: str, name: str) -> dict[str, Any] | None: ...
     def delete(self, kind: str, name: str) -> None: ...
@@ -30,6 +30,8 @@ class KubeApi(Protocol):
     def rollout_undo(self, name: str, revision: int) -> None: ...
     def rollout_history(self, name: str) -> str: ...
     def replicasets(self, selector: str) -> list[dict[str, Any]]: ...
+    def list(self, kind: str, selector: str) -> list[dict[str, Any]]: ...
+    def logs(self, job: str, tail: int) -> str: ...
 
 
 class KubeCtl:
@@ -81,8 +83,11 @@ class KubeCtl:
             raise ConveyorError(f"kubectl diff: {lines[-1] if lines else f'exit {result.returncode}'}")
         return result.stdout
 
-    def apply(self, manifests: str) -> None:
-        self._run("apply", "--server-side", "--field-manager=conveyor", "--force-conflicts", "-f", "-",
+    def apply(self, manifests: str, field_manager: str = "conveyor") -> None:
+        """Server-side apply. conveyor's own manager forces conflicts (its manifests win); another manager
+        (the replicas hand-over to an HPA) does not: a conflict means someone else owns the field."""
+        force = ["--force-conflicts"] if field_manager == "conveyor" else []
+        self._run("apply", "--server-side", f"--field-manager={field_manager}", *force, "-f", "-",
                   stdin=manifests, mutates=True)  # fmt: skip
 
     def create(self, manifest: str) -> bool:
@@ -94,7 +99,7 @@ class KubeCtl:
         raise ConveyorError(f"kubectl create: {result.stderr.strip()}")
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        out = self._run("get", kind, name, "-o", "json", "--ignore-not-found")
+        out = self._run("get", kind, name, "-o", "json", "--ignore-not-found", "--show-managed-fields")
         return dict(json.loads(out)) if out.strip() else None
 
     def delete(self, kind: str, name: str) -> None:
@@ -116,5 +121,16 @@ class KubeCtl:
         return self._run("rollout", "history", f"deployment/{name}")
 
     def replicasets(self, selector: str) -> list[dict[str, Any]]:
-        out = self._run("get", "replicasets", "-l", selector, "-o", "json")
-        return list(json.loads(out).get("items", []))
+        return self.list("replicasets", selector)
+
+    def list(self, kind: str, selector: str) -> list[dict[str, Any]]:
+        """`kubectl get KIND -l SELECTOR -o json`: the items of the List kubectl prints."""
+        out = self._run("get", kind, "-l", selector, "-o", "json")
+        try:
+            return list(json.loads(out).get("items", []))
+        except (ValueError, AttributeError):
+            raise ConveyorError(f"kubectl get {kind}: not a JSON List: {out[:80]!r}") from None
+
+    def logs(self, job: str, tail: int) -> str:
+        """The last ``tail`` lines of the Job's pod (`kubectl logs job/NAME --tail N`)."""
+        return self._run("logs", f"job/{job}", f"--tail={tail}", "--all-containers=true")

@@ -15,18 +15,19 @@ through a generated kustomization in build/k8s/<env>/ that points at the overlay
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from conveyor.config import AppContract, Config
+from conveyor.config import AppContract, Config, DeploySettings, K8sTarget
 from conveyor.deploy.model import Release
 from conveyor.errors import ConfigError
 from conveyor.runner import Runner
@@ -45,6 +46,7 @@ CHANGE_CAUSE = "kubernetes.io/change-cause"
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 JOB_TTL = 3600  # seconds a finished release Job (and its log) stays for inspection
 NAME_MAX = 63  # a Job's name is also a label value (batch.kubernetes.io/job-name)
+CONFIG_OF = "conveyor.dev/config-of"  # on a versioned ConfigMap/Secret: the name the manifests gave it
 
 
 class _Dumper(yaml.SafeDumper):
@@ -209,9 +211,9 @@ def write_kustomization(
         ops: list[dict[str, Any]] = []
         if commands[w.process]:
             ops.append({"op": "add", "path": f"{container}/args", "value": list(commands[w.process])})
-        if cfg.env.vars:  # the whole list: a JSON patch cannot merge into a list by name
-            own = app_container(deployment_of(base, w)["spec"]["template"]["spec"], w)
-            ops.append({"op": "add", "path": f"{container}/env", "value": app_env(own, cfg.env.vars)})
+        # the whole list: a JSON patch cannot merge into a list by name
+        own = app_container(deployment_of(base, w)["spec"]["template"]["spec"], w)
+        ops.append({"op": "add", "path": f"{container}/env", "value": app_env(own, cfg.env.process_env())})
         if ops:
             patches.append({"target": target, "patch": json.dumps(ops)})
     kustomization = {
@@ -356,7 +358,7 @@ def release_job(
     template = copy.deepcopy(dict(deployment["spec"]["template"]))
     pod = template["spec"]
     container = app_container(pod, workload)
-    for field in (*PROBES, "ports"):
+    for field in (*PROBES, "ports", "lifecycle"):
         container.pop(field, None)
     container["args"] = list(command)
     pod["containers"] = [container]
@@ -382,3 +384,177 @@ def release_job(
             "template": template,
         },
     }
+
+
+# --- rollout settings: zero-downtime, the HPA owns replicas ------------------------------------------------
+
+
+def _int_or_percent(key: str, value: str) -> int | str:
+    """``"25%"`` stays a string, ``"1"`` becomes 1 (an IntOrString); anything else is a config error."""
+    text = value.strip()
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    if re.fullmatch(r"\d+%", text) and int(text[:-1]) <= 100:
+        return text
+    raise ConfigError(f"{key}: `{value}` is not a number of pods or a percentage (e.g. 1 or 25%)")
+
+
+def rollout_settings(k8s: K8sTarget) -> dict[str, Any]:
+    """The Deployment fields conveyor sets from ``k8s.*``, refused as the API server would refuse them."""
+    surge = _int_or_percent("k8s.max_surge", k8s.max_surge)
+    unavailable = _int_or_percent("k8s.max_unavailable", k8s.max_unavailable)
+    if surge in (0, "0%") and unavailable in (0, "0%"):
+        raise ConfigError("k8s.max_surge and k8s.max_unavailable are both 0: a rollout could never progress")
+    if k8s.min_ready_seconds < 0:
+        raise ConfigError(f"k8s.min_ready_seconds: {k8s.min_ready_seconds} must be 0 or more")
+    if k8s.progress_deadline <= k8s.min_ready_seconds:
+        raise ConfigError(
+            f"k8s.progress_deadline ({k8s.progress_deadline}) must be greater than k8s.min_ready_seconds "
+            f"({k8s.min_ready_seconds})"
+        )
+    return {
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable},
+        },
+        "minReadySeconds": k8s.min_ready_seconds,
+        "progressDeadlineSeconds": k8s.progress_deadline,
+    }
+
+
+def autoscaled(objects: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The Deployments an HPA scales: their replica count is the HPA's, not the manifests'."""
+    return {
+        str(ref.get("name"))
+        for o in objects
+        if o.get("kind") == "HorizontalPodAutoscaler"
+        for ref in [o.get("spec", {}).get("scaleTargetRef") or {}]
+        if ref.get("kind") == "Deployment"
+    }
+
+
+def settle(
+    objects: list[dict[str, Any]],
+    workloads: Sequence[Workload],
+    k8s: K8sTarget,
+    deploy: DeploySettings,
+    http: str | None,
+) -> list[dict[str, Any]]:
+    """Every process's Deployment gets the rollout settings and a grace period of ``shutdown_timeout +
+    drain_seconds``; the HTTP process's app container a ``preStop`` sleep of ``drain_seconds`` (endpoints
+    drop the pod while it sleeps, then SIGTERM); a Deployment an HPA scales loses ``replicas``."""
+    settings = rollout_settings(k8s)
+    scaled = autoscaled(objects)
+    for w in workloads:
+        dep = deployment_of(objects, w)
+        spec = dep["spec"]
+        spec.update(copy.deepcopy(settings))
+        if w.deployment in scaled:
+            spec.pop("replicas", None)
+        pod = spec["template"]["spec"]
+        pod["terminationGracePeriodSeconds"] = deploy.shutdown_timeout + deploy.drain_seconds
+        if w.process == http and deploy.drain_seconds > 0:
+            container = pod["containers"][_index(pod, w)]
+            container["lifecycle"] = {
+                **(container.get("lifecycle") or {}),
+                "preStop": {"sleep": {"seconds": deploy.drain_seconds}},
+            }
+    return objects
+
+
+def _index(pod: Mapping[str, Any], workload: Workload) -> int:
+    containers = list(pod.get("containers") or [])
+    return next((i for i, c in enumerate(containers) if c.get("name") == workload.container), workload.index)
+
+
+# --- config and secrets versioned with the release ---------------------------------------------------------
+
+_REFS = {  # kind -> (envFrom key, env valueFrom key, volume key, the volume's name field)
+    "ConfigMap": ("configMapRef", "configMapKeyRef", "configMap", "name"),
+    "Secret": ("secretRef", "secretKeyRef", "secret", "secretName"),
+}
+
+
+def _name_slots(pod: Mapping[str, Any], kind: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """Every place a pod spec names a ConfigMap (or Secret): (the dict holding the name, its key)."""
+    env_from, value_from, volume, field = _REFS[kind]
+    for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
+        for source in container.get("envFrom") or []:
+            if isinstance(source.get(env_from), dict):
+                yield source[env_from], "name"
+        for var in container.get("env") or []:
+            ref = (var.get("valueFrom") or {}).get(value_from)
+            if isinstance(ref, dict):
+                yield ref, "name"
+    for vol in pod.get("volumes") or []:
+        if isinstance(vol.get(volume), dict):
+            yield vol[volume], field
+        for source in (vol.get("projected") or {}).get("sources") or []:
+            if isinstance(source.get(volume), dict):
+                yield source[volume], "name"
+
+
+def pod_refs(pod: Mapping[str, Any], kind: str) -> set[str]:
+    """The ConfigMaps (or Secrets) a pod spec reads."""
+    return {str(holder[key]) for holder, key in _name_slots(pod, kind) if holder.get(key)}
+
+
+def rename_refs(objects: Sequence[Mapping[str, Any]], kind: str, old: str, new: str) -> None:
+    """Point every Deployment's pod template at ``new`` where it named the ConfigMap/Secret ``old``."""
+    for obj in objects:
+        if obj.get("kind") == "Deployment":
+            for holder, key in _name_slots(obj["spec"]["template"]["spec"], kind):
+                if holder.get(key) == old:
+                    holder[key] = new
+
+
+def content_hash(obj: Mapping[str, Any]) -> str:
+    """10 hex digits of the sha256 of what a ConfigMap or Secret holds (kustomize's generator idea)."""
+    payload = {k: obj[k] for k in ("kind", "type", "data", "binaryData") if obj.get(k) is not None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def versioned(obj: dict[str, Any], base: str) -> dict[str, Any]:
+    """``obj`` (a ConfigMap or Secret named ``base``) as ``base-<content hash>``, labelled with its base
+    name for pruning, immutable (a new content is a new name, so nothing ever edits one in place)."""
+    if len(base) > NAME_MAX:
+        raise ConfigError(
+            f"{obj['kind']} {base}: conveyor versions it by name; keep the name <= 63 characters"
+        )
+    meta = obj.setdefault("metadata", {})
+    meta["name"] = f"{base}-{content_hash(obj)}"
+    meta["labels"] = {**(meta.get("labels") or {}), CONFIG_OF: base}
+    obj["immutable"] = True
+    return obj
+
+
+def version_configmaps(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """Every ConfigMap a Deployment's pods read gets a content-hashed name, and the pods point at it, so a
+    revision keeps the config it started with (``rollout undo`` brings back image AND config). Returns
+    {manifest name: versioned name}."""
+    read: set[str] = set()
+    for obj in objects:
+        if obj.get("kind") == "Deployment":
+            read |= pod_refs(obj["spec"]["template"]["spec"], "ConfigMap")
+    renamed = {}
+    for obj in objects:
+        name = str(obj.get("metadata", {}).get("name"))
+        if obj.get("kind") == "ConfigMap" and name in read:
+            renamed[name] = str(versioned(obj, name)["metadata"]["name"])
+    for old, new in renamed.items():
+        rename_refs(objects, "ConfigMap", old, new)
+    return renamed
+
+
+def secret_manifest(base: str, namespace: str, values: Mapping[str, str]) -> dict[str, Any]:
+    """The Secret conveyor fills from the environment's references, named by the hash of its values."""
+    import base64
+
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": base, "namespace": namespace},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(values.items())},
+    }
+    return versioned(secret, base)

@@ -1,16 +1,21 @@
 """The Kubernetes deploy target: every process of the app contract is one Deployment, deployed by digest.
 
 Plan: render and validate offline (render.py); with a cluster also each Deployment's live revision (kept
-in the plan for the rollback) and `kubectl diff`. Release command: a Job from the anchor process's pod
-spec (the HTTP process, else the first). Apply: `kubectl apply --server-side`. Wait, per Deployment:
-`rollout status` AND the ReplicaSet of OUR revision runs our image with every replica ready. Rollback:
-each Deployment back to its previous revision (one that did not exist is scaled to 0), then the same wait.
-Lock: a coordination.k8s.io Lease created atomically.
+in the plan for the rollback) and `kubectl diff`. ConfigMaps the pods read and the Secret conveyor fills
+are named by their content hash, so each revision's pod template names its own config: `rollout undo`
+(the automatic rollback) brings back image, config and secrets together, and a deploy with
+``Release.restore`` (`invoke rollback`) reuses the retained revision that ran that release. Release
+command: a Job from the anchor process's pod spec (the HTTP process, else the first), after the new config
+exists. Apply: `kubectl apply --server-side` (no `replicas` where an HPA scales). Wait, per Deployment:
+`rollout status` AND the ReplicaSet of OUR revision runs our image with as many ready replicas as the LIVE
+desired count (the HPA may change it); ProgressDeadlineExceeded fails at once. Rollback: each Deployment
+back to its previous revision (one that did not exist is scaled to 0), then the same wait. Housekeeping:
+versioned config no retained revision (``deploy.keep_revisions``) reads is pruned. Lock: a Lease.
 """
 
 from __future__ import annotations
 
-import base64
+import copy
 import functools
 import json
 import shlex
@@ -28,16 +33,24 @@ from conveyor.config import SECRET_LIKE, Config
 from conveyor.deploy.k8s.kubectl import KubeApi
 from conveyor.deploy.k8s.render import (
     ANN_SHA,
+    CONFIG_OF,
     Workload,
     app_container,
+    autoscaled,
     check_manifests,
     deployment_of,
     discover,
     overlay_dir,
     parse,
+    pod_refs,
     release_job,
+    rename_refs,
+    rollout_settings,
     schema_validate,
+    secret_manifest,
     secret_name,
+    settle,
+    version_configmaps,
     write_kustomization,
 )
 from conveyor.deploy.locks import StoredLock
@@ -50,6 +63,9 @@ REVISION = "deployment.kubernetes.io/revision"
 LEASE = "conveyor-deploy-lock"
 OWNER = "conveyor.dev/owner"
 POLL = 2.0  # seconds between two reads of a Job or a ReplicaSet
+LOG_TAIL = 20  # lines of a failed release Job's log shown
+HASH_LABEL = "pod-template-hash"
+HANDOVER = "handover-to-hpa"  # the field manager that takes `replicas` from conveyor for an HPA
 
 
 class LeaseLock(StoredLock):
@@ -118,7 +134,11 @@ class Rendered:
     objects: list[dict[str, Any]]
     workloads: tuple[Workload, ...]
     previous: Mapping[str, Previous | None] = field(default_factory=dict)  # by Deployment; None: new
-    secret: str | None = None  # the Secret conveyor fills from the environment's `secrets`
+    secret: str | None = None  # the Secret conveyor fills from the environment's `secrets` (its base name)
+    secret_manifest: dict[str, Any] | None = field(default=None, repr=False)  # values: never printed
+    restored: Mapping[str, int] = field(
+        default_factory=dict
+    )  # Deployment -> revision whose template is reused
 
 
 class K8sDeployTarget:
@@ -155,7 +175,7 @@ class K8sDeployTarget:
         self.anchor = next(w for w in self.workloads if w.process == anchor.name)
         objects = self.render(Release(f"{cfg.env.k8s.image}:current", "0" * 40), require_digest=False)
         secret_name(objects, self.workloads, required=bool(cfg.env.secrets))
-        self._secret_sent: Plan | None = None
+        self._config_sent: Plan | None = None
 
     def render(self, release: Release, *, require_digest: bool) -> list[dict[str, Any]]:
         """The manifests of ``release``. Under --dry the wrapper kustomization lives in a folder inside the
@@ -171,6 +191,9 @@ class K8sDeployTarget:
             stream = self.kube.kustomize(folder)
         objects = parse(stream)
         check_manifests(objects, self.namespace, self.workloads, require_digest=require_digest)
+        http = self.contract.web.name if self.contract.web else None
+        settle(objects, self.workloads, self.cfg.env.k8s, self.cfg.env.deploy, http)
+        version_configmaps(objects)
         return objects
 
     # -- reading -------------------------------------------------------------------------------------
@@ -193,10 +216,39 @@ class K8sDeployTarget:
     def plan(self, release: Release) -> Plan:
         """Render and validate offline; with a cluster also each process's live revision, `kubectl diff`."""
         objects = self.render(release, require_digest="@" in release.image)
-        stream = yaml.safe_dump_all(objects, sort_keys=False)
-        self.validate(self.runner, stream)
         secret = secret_name(objects, self.workloads, required=bool(self.cfg.env.secrets))
         steps = []
+        try:
+            context: str | None = self.kube.current_context()
+        except ConfigError as exc:
+            context = None
+            steps.append(f"NOT CONNECTED ({exc}): rendered and validated offline only")
+        restored: dict[str, int] = {}
+        if context is not None and release.restore:
+            steps += self._restore_templates(objects, release, restored)
+        manifest = None
+        if secret is not None:
+            readers = [
+                w.deployment
+                for w in self.workloads
+                if w.deployment not in restored
+                and secret in pod_refs(deployment_of(objects, w)["spec"]["template"]["spec"], "Secret")
+            ]
+            if readers and (self.runner.dry or context is None):
+                why = "--dry" if self.runner.dry else "not connected"
+                steps.append(
+                    f"Secret {secret}: named by the hash of its values at deploy time ({why}: none resolved)"
+                )
+            elif readers:
+                values = {
+                    key: self.resolver.resolve(ref) for key, ref in sorted(self.cfg.env.secrets.items())
+                }
+                manifest = secret_manifest(secret, self.namespace, values)
+                rename_refs(objects, "Secret", secret, str(manifest["metadata"]["name"]))
+                steps.append(f"Secret {manifest['metadata']['name']} ({len(values)} keys, from `secrets`)")
+        stream = yaml.safe_dump_all(objects, sort_keys=False)
+        self.validate(self.runner, stream)
+        steps += self._settings_steps(objects)
         if self.contract.release:
             command = shlex.join(self.contract.release)
             steps.append(f"release Job from deployment/{self.anchor.deployment}: {command}")
@@ -204,18 +256,15 @@ class K8sDeployTarget:
         steps.append(
             "wait for " + ", ".join(f"deployment/{w.deployment} ({w.process})" for w in self.workloads)
         )
-        try:
-            context = self.kube.current_context()
-        except ConfigError as exc:
-            steps.insert(0, f"NOT CONNECTED ({exc}): rendered and validated offline only")
+        if context is None:
             changes = []
             for w in self.workloads:
                 changes.append(Change(f"process {w.process} image", "unknown (no cluster)", release.image))
                 changes += [
                     Change(f"process {w.process} env {name}", "unknown (no cluster)", _shown(name, value))
-                    for name, value in sorted(self.cfg.env.vars.items())
+                    for name, value in sorted(self.cfg.env.process_env().items())
                 ]
-            detail = Rendered(objects, self.workloads, {}, secret)
+            detail = Rendered(objects, self.workloads, {}, secret, manifest)
             return Plan(
                 self.cfg.env.name, self.kind, release, None, tuple(changes), tuple(steps), detail, stream
             )
@@ -223,8 +272,10 @@ class K8sDeployTarget:
         changes = []
         for w in self.workloads:
             live = self.kube.get("deployment", w.deployment)
-            old = app_container(live["spec"]["template"]["spec"], w) if live else {}
-            new = app_container(deployment_of(objects, w)["spec"]["template"]["spec"], w)
+            old_pod = live["spec"]["template"]["spec"] if live else {}
+            new_pod = deployment_of(objects, w)["spec"]["template"]["spec"]
+            old = app_container(old_pod, w) if live else {}
+            new = app_container(new_pod, w)
             if live is None:
                 previous[w.deployment] = None
             else:
@@ -235,13 +286,21 @@ class K8sDeployTarget:
             if old.get("args") != new.get("args") and (live is not None or new.get("args")):
                 changes.append(Change(f"process {w.process} args", _argv(old), _argv(new)))
             changes += _env_changes(w.process, old, new)
+            for kind in ("ConfigMap", "Secret"):
+                before, after = pod_refs(old_pod, kind), pod_refs(new_pod, kind)
+                if before != after:
+                    changes.append(
+                        Change(
+                            f"process {w.process} {kind}", ", ".join(sorted(before)), ", ".join(sorted(after))
+                        )
+                    )
         diff = self.kube.diff(stream)
         changed = {
             line.split()[-2].rsplit("/", 1)[-1] for line in diff.splitlines() if line.startswith("diff -u -N")
         }
         changes += [Change("object", "(live)", name) for name in sorted(changed)]
         steps.insert(0, f"context {context}, namespace {self.namespace}")
-        detail = Rendered(objects, self.workloads, previous, secret)
+        detail = Rendered(objects, self.workloads, previous, secret, manifest, restored)
         return Plan(
             self.cfg.env.name,
             self.kind,
@@ -253,28 +312,98 @@ class K8sDeployTarget:
             stream,
         )
 
+    def _settings_steps(self, objects: list[dict[str, Any]]) -> list[str]:
+        """The numbers that make a rollout drop no request, as the plan shows them."""
+        settings = rollout_settings(self.cfg.env.k8s)
+        rolling = settings["strategy"]["rollingUpdate"]
+        deploy = self.cfg.env.deploy
+        web = self.contract.web
+        drain = (
+            f"preStop sleep {deploy.drain_seconds}s ({web.name}), " if web and deploy.drain_seconds else ""
+        )
+        steps = [
+            f"rollout: maxSurge {rolling['maxSurge']}, maxUnavailable {rolling['maxUnavailable']}, "
+            f"minReadySeconds {settings['minReadySeconds']}, "
+            f"progressDeadlineSeconds {settings['progressDeadlineSeconds']}; pods: {drain}"
+            f"terminationGracePeriodSeconds {deploy.shutdown_timeout + deploy.drain_seconds}"
+        ]
+        ours = {w.deployment for w in self.workloads}
+        steps += [
+            f"replicas of deployment/{name}: its HPA's (not applied)"
+            for name in sorted(autoscaled(objects) & ours)
+        ]
+        return steps
+
+    def _owned_sets(self, dep: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The Deployment's ReplicaSets, newest revision first."""
+        labels = (dep["spec"].get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        owned = [rs for rs in self.kube.replicasets(selector) if _owned_by(rs, dep)]
+        return sorted(owned, key=_rs_revision, reverse=True)
+
+    def _restore_templates(
+        self, objects: list[dict[str, Any]], release: Release, restored: dict[str, int]
+    ) -> list[str]:
+        """A rollback: each Deployment takes the pod template of its newest retained revision that ran
+        ``release`` (image, args, env, ConfigMap and Secret together), if its config still exists."""
+        notes = []
+        for w in self.workloads:
+            live = self.kube.get("deployment", w.deployment)
+            if live is None:
+                continue
+            ran = [
+                rs
+                for rs in self._owned_sets(live)
+                if (rs["spec"]["template"].get("metadata", {}).get("annotations") or {}).get(ANN_SHA)
+                == release.git_sha
+                and app_container(rs["spec"]["template"]["spec"], w).get("image") == release.image
+            ]
+            if not ran:
+                notes.append(
+                    f"deployment/{w.deployment}: no retained revision ran {release.git_sha[:12]}: "
+                    "today's config and secrets"
+                )
+                continue
+            template = copy.deepcopy(ran[0]["spec"]["template"])
+            (template.get("metadata", {}).get("labels") or {}).pop(HASH_LABEL, None)
+            missing = [
+                f"{kind} {name}"
+                for kind in ("ConfigMap", "Secret")
+                for name in sorted(pod_refs(template["spec"], kind))
+                if self.kube.get(kind.lower(), name) is None
+            ]
+            revision = _rs_revision(ran[0])
+            if missing:
+                notes.append(
+                    f"deployment/{w.deployment}: revision {revision}'s {', '.join(missing)} no longer "
+                    "exist (pruned): today's config and secrets"
+                )
+                continue
+            deployment_of(objects, w)["spec"]["template"] = template
+            restored[w.deployment] = revision
+            notes.append(
+                f"deployment/{w.deployment}: the pod template of revision {revision} (image, config, secrets)"
+            )
+        return notes
+
     # -- acting --------------------------------------------------------------------------------------
 
-    def _apply_secret(self, plan: Plan) -> None:
-        """The Secret the manifests expect, from the environment's references; values on stdin only."""
-        name = plan.detail.secret
-        if name is None or self._secret_sent is plan:
+    def _apply_config(self, plan: Plan) -> None:
+        """The release's versioned ConfigMaps and Secret, before anything reads them (the Job does); the
+        Secret's values travel on stdin only."""
+        if self._config_sent is plan:
             return
-        data = {key: self.resolver.resolve(ref) for key, ref in sorted(self.cfg.env.secrets.items())}
-        secret = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
-            "metadata": {"name": name, "namespace": self.namespace},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-        }
-        self.kube.apply(json.dumps(secret))
-        self._secret_sent = plan
+        config = [o for o in plan.detail.objects if o.get("kind") == "ConfigMap" and CONFIG_OF in _labels(o)]
+        if plan.detail.secret_manifest is not None:
+            config.append(plan.detail.secret_manifest)
+        if config:
+            self.kube.apply(yaml.safe_dump_all(config, sort_keys=False))
+        self._config_sent = plan
 
     def release_steps(self, plan: Plan) -> None:
         """Run the release command as a Job in the new image and wait for it. A Job that is still running
         when the wait ends (timeout, interrupt) is deleted; a failed one stays for its log."""
-        self._apply_secret(plan)
+        self._apply_config(plan)
         timeout = self.cfg.env.deploy.timeout
         deployment = deployment_of(plan.detail.objects, self.anchor)
         job = release_job(deployment, self.anchor, plan.release, self.contract.release, timeout=timeout)
@@ -294,7 +423,11 @@ class K8sDeployTarget:
             if status.get("failed") or "Failed" in conditions:
                 ended = True
                 reason = (conditions.get("Failed") or {}).get("message", "")
-                raise RolloutFailed(f"release Job {name} failed{': ' + reason if reason else ''}")
+                last = self._job_log(name)
+                raise RolloutFailed(
+                    f"release Job {name} failed{': ' + reason if reason else ''}"
+                    + (f" (log: {last})" if last else "")
+                )
             return f"release Job {name} has not finished"
 
         try:
@@ -302,6 +435,18 @@ class K8sDeployTarget:
         finally:
             if not ended:
                 self._delete_job(name)
+
+    def _job_log(self, name: str) -> str:
+        """Show the failed Job's log tail; return its last line (empty when there is no log to read)."""
+        try:
+            lines = self.kube.logs(name, LOG_TAIL).rstrip().splitlines()
+        except ConveyorError as exc:
+            self.runner.say(f"warning: no log of release Job {name}: {exc}")
+            return ""
+        self.runner.say(f"release Job {name}, last {len(lines)} log lines:")
+        for line in lines:
+            self.runner.say(f"  | {line}")
+        return lines[-1].strip() if lines else ""
 
     def _delete_job(self, name: str) -> None:
         try:
@@ -311,8 +456,32 @@ class K8sDeployTarget:
             self.runner.say(f"warning: could not delete release Job {name}: {exc}")
 
     def apply(self, plan: Plan) -> None:
-        self._apply_secret(plan)
+        self._apply_config(plan)
+        self._hand_over_replicas(plan)
         self.kube.apply(yaml.safe_dump_all(plan.detail.objects, sort_keys=False))
+
+    def _hand_over_replicas(self, plan: Plan) -> None:
+        """An HPA now scales a Deployment whose ``replicas`` conveyor owns (applied before the HPA came):
+        another field manager takes the field at its live value first, so that conveyor leaving it out
+        does not reset the count to 1 (server-side apply, "Transferring ownership"). A conflict means
+        someone else owns it already: nothing to hand over."""
+        ours = {w.deployment for w in self.workloads}
+        for name in sorted(autoscaled(plan.detail.objects) & ours):
+            live = self.kube.get("deployment", name)
+            if live is None or not _owns_replicas(live, "conveyor"):
+                continue
+            replicas = int(live["spec"].get("replicas", 1))
+            handover = {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": self.namespace},
+                "spec": {"replicas": replicas},
+            }
+            try:
+                self.kube.apply(json.dumps(handover), field_manager=HANDOVER)
+                self.runner.say(f"deployment/{name}: replicas ({replicas}) handed over to its HPA")
+            except ConveyorError as exc:
+                self.runner.say(f"warning: deployment/{name}: replicas not handed over ({exc})")
 
     def wait(self, plan: Plan, expected: Release, deadline: float) -> None:
         """For every process's Deployment: `rollout status`, then the ReplicaSet of its current revision
@@ -336,14 +505,20 @@ class K8sDeployTarget:
         dep = self.kube.get("deployment", name)
         if dep is None:
             raise RolloutFailed(f"deployment/{name} does not exist")
+        for condition in (dep.get("status") or {}).get("conditions") or []:
+            if (
+                condition.get("type") == "Progressing"
+                and condition.get("reason") == "ProgressDeadlineExceeded"
+            ):
+                raise RolloutFailed(
+                    f"deployment/{name}: ProgressDeadlineExceeded ({condition.get('message', 'no progress')})"
+                )
         revision = (dep["metadata"].get("annotations") or {}).get(REVISION)
-        wanted = int(dep["spec"].get("replicas", 1))
-        labels = (dep["spec"].get("selector") or {}).get("matchLabels") or {}
-        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        wanted = int(dep["spec"].get("replicas", 1))  # read on every poll: the HPA may change it
         ours = [
             rs
-            for rs in self.kube.replicasets(selector)
-            if _owned_by(rs, dep) and (rs["metadata"].get("annotations") or {}).get(REVISION) == revision
+            for rs in self._owned_sets(dep)
+            if (rs["metadata"].get("annotations") or {}).get(REVISION) == revision
         ]
         if not ours:
             raise RolloutFailed(f"no ReplicaSet for revision {revision} of deployment/{name}")
@@ -385,7 +560,37 @@ class K8sDeployTarget:
             raise RolloutFailed("; ".join(failures))
 
     def finish(self, plan: Plan) -> None:
-        """Nothing to clean: each Deployment keeps revisionHistoryLimit ReplicaSets for rollbacks."""
+        """Prune versioned ConfigMaps and Secrets that neither the current template nor the newest
+        ``deploy.keep_revisions`` older revisions of any process read (ReplicaSets stay, for history)."""
+        bases = {
+            "configmap": {
+                str(_labels(o)[CONFIG_OF])
+                for o in plan.detail.objects
+                if o.get("kind") == "ConfigMap" and CONFIG_OF in _labels(o)
+            },
+            "secret": {plan.detail.secret} if plan.detail.secret else set(),
+        }
+        keep: dict[str, set[str]] = {"configmap": set(), "secret": set()}
+        for w in self.workloads:
+            dep = self.kube.get("deployment", w.deployment)
+            if dep is None:
+                continue
+            pods = [dep["spec"]["template"]["spec"]]
+            pods += [
+                rs["spec"]["template"]["spec"]
+                for rs in self._owned_sets(dep)[: self.cfg.env.deploy.keep_revisions + 1]
+            ]
+            for pod in pods:
+                keep["configmap"] |= pod_refs(pod, "ConfigMap")
+                keep["secret"] |= pod_refs(pod, "Secret")
+        for kind, names in bases.items():
+            if not names:
+                continue
+            for obj in self.kube.list(kind, CONFIG_OF):
+                name = str(obj["metadata"]["name"])
+                if _labels(obj).get(CONFIG_OF) in names and name not in keep[kind]:
+                    self.kube.delete(kind, name)
+                    self.runner.say(f"pruned {kind} {name} (no retained revision reads it)")
 
     def live_history(self) -> list[str]:
         """`kubectl rollout history` of every process (CHANGE-CAUSE carries sha and deployer), and what
@@ -401,6 +606,23 @@ class K8sDeployTarget:
                 f"serving ({w.process}): revision {current.ref}, sha {current.git_sha[:12]}, {current.image}"
             )
         return lines
+
+
+def _owns_replicas(obj: Mapping[str, Any], manager: str) -> bool:
+    """Whether ``manager`` owns spec.replicas in the object's managedFields."""
+    return any(
+        entry.get("manager") == manager
+        and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        for entry in obj.get("metadata", {}).get("managedFields") or []
+    )
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return obj.get("metadata", {}).get("labels") or {}
+
+
+def _rs_revision(rs: Mapping[str, Any]) -> int:
+    return int((rs["metadata"].get("annotations") or {}).get(REVISION, "0"))
 
 
 def _owned_by(rs: Mapping[str, Any], dep: Mapping[str, Any]) -> bool:
