@@ -43,7 +43,7 @@ from conveyor.errors import ConfigError, ConveyorError
 
 REPORTS = Path("reports/security")
 CANARY = "jinja2==2.4.1"  # has published advisories: a working service must report them
-SCANNERS = ("bandit", "pip-audit", "hadolint", "checkov")
+SCANNERS = ("bandit", "pip-audit", "hadolint", "checkov", "infra")  # infra: checkov on CloudFormation
 CI_FILES = (".github/workflows/ci.yml", ".gitlab-ci.yml")
 PROJECT_POLICIES = (".checkov.yaml", ".checkov.yml")
 KIT_POLICY = "data/checkov.yaml"  # inside the conveyor package: checkov's policy when the project has none
@@ -106,6 +106,7 @@ class Targets:
     overlays: tuple[Overlay, ...] = ()
     ci_files: tuple[str, ...] = ()
     problems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # scanner -> reasons
+    templates: tuple[str, ...] = ()  # CloudFormation templates as infra.up sends them (conveyor.infra)
 
 
 def project_files(root: Path) -> list[str]:
@@ -292,6 +293,7 @@ def resolve_targets(root: Path, environ: Mapping[str, str]) -> Targets:
             dockerfiles.add(PurePosixPath(cfg.image.dockerfile).as_posix())
     overlays, env_problems = deployed_overlays(root, environ)
     problems["checkov"] += env_problems
+    templates, problems["infra"] = infra_templates(root, environ)
     return Targets(
         code=code,
         lock_files=locks,
@@ -299,7 +301,25 @@ def resolve_targets(root: Path, environ: Mapping[str, str]) -> Targets:
         overlays=tuple(overlays),
         ci_files=tuple(p for p in CI_FILES if (root / p).is_file()),
         problems={k: tuple(v) for k, v in problems.items() if v},
+        templates=tuple(templates),
     )
+
+
+def infra_templates(root: Path, environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """Each environment's CloudFormation template (``infra.template``, when the file exists), expanded
+    with its parameters as ``infra.up`` sends it; a template that does not render is a problem."""
+    from conveyor import infra
+
+    out: list[str] = []
+    problems: list[str] = []
+    for cfg in infra.iter_templates(root, environ):
+        try:
+            rendered = infra.render(cfg)
+        except ConveyorError as exc:
+            problems.append(f"environment `{cfg.env.name}`: {exc}")
+            continue
+        out.append(rendered.path.relative_to(root).as_posix())
+    return out, problems
 
 
 # --- the scanners ------------------------------------------------------------------------------------
@@ -407,15 +427,19 @@ def checkov_policy(root: Path) -> Iterator[Path]:
         yield path
 
 
-def checkov(root: Path, files: Sequence[str], policy: Path | None = None) -> ScanResult:
+def checkov(
+    root: Path, files: Sequence[str], policy: Path | None = None, *, name: str = "checkov"
+) -> ScanResult:
     """Offline (--skip-download); the reasoned skips live in the policy (see checkov_policy)."""
-    report = REPORTS / "checkov.json"
+    report = REPORTS / ("checkov.json" if name == "checkov" else f"checkov-{name}.json")
     if not files:
         detail = (
             "nothing to scan: no Dockerfile, no generated CI file and no environment with target: k8s "
             "(k8s.overlay)"
+            if name == "checkov"
+            else "nothing to scan: no environment's CloudFormation template exists (infra.template)"
         )
-        return ScanResult("checkov", "error", detail=detail)
+        return ScanResult(name, "error", detail=detail)
     with checkov_policy(root) if policy is None else nullcontext(policy) as config_file:
         argv = ["checkov", "--skip-download", "--quiet", "--compact", "-o", "json",
                 "--config-file", str(config_file)]  # fmt: skip
@@ -423,7 +447,7 @@ def checkov(root: Path, files: Sequence[str], policy: Path | None = None) -> Sca
             argv += ["-f", path]
         proc = _run(argv, root)
     if proc.returncode not in (0, 1) or not proc.stdout.strip().startswith(("{", "[")):
-        return ScanResult("checkov", "error", detail=_tail(proc))
+        return ScanResult(name, "error", detail=_tail(proc))
     (root / report).write_text(proc.stdout)
     data = json.loads(proc.stdout)
     counts: Counter[str] = Counter()
@@ -435,8 +459,8 @@ def checkov(root: Path, files: Sequence[str], policy: Path | None = None) -> Sca
             counts[(failed.get("severity") or "unrated").lower()] += 1
     if checks == 0:
         detail = f"ran 0 checks on {', '.join(files)}: checkov recognised none of them"
-        return ScanResult("checkov", "error", report=str(report), detail=detail)
-    return ScanResult("checkov", "findings" if counts else "clean", counts, str(report))
+        return ScanResult(name, "error", report=str(report), detail=detail)
+    return ScanResult(name, "findings" if counts else "clean", counts, str(report))
 
 
 def wrapper_kustomization(overlay: Overlay, folder: str) -> str:
@@ -532,11 +556,14 @@ def main(
     root = root or Path.cwd()
     (root / REPORTS).mkdir(parents=True, exist_ok=True)
     targets = resolve_targets(root, os.environ if environ is None else environ)
+    if not args.only and not targets.templates and "infra" not in targets.problems:
+        chosen.remove("infra")  # a project without a CloudFormation template has no infra row
     scanners: dict[str, Callable[[], ScanResult]] = {
         "bandit": lambda: bandit(root, targets.code),
         "pip-audit": lambda: pip_audit(root, targets.lock_files),
         "hadolint": lambda: hadolint(root, targets.dockerfiles),
         "checkov": lambda: _checkov_targets(root, targets),
+        "infra": lambda: checkov(root, targets.templates, name="infra"),
     }
 
     def scan(name: str) -> ScanResult:

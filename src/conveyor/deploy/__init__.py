@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from conveyor.config import ENV_DIR, Config
-from conveyor.deploy.journal import FileJournal
+from conveyor.deploy.journal import FileJournal, JournalStore
 from conveyor.deploy.model import Deployer, Lock, Release, Target
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.runner import Runner
@@ -14,7 +14,7 @@ from conveyor.secrets import SecretResolver
 if TYPE_CHECKING:
     from conveyor.deploy.ecs import EcsApi
 
-__all__ = ["Deployer", "Release", "deployer_for", "lock_for", "resolver_for", "target_for"]
+__all__ = ["Deployer", "Release", "deployer_for", "journal_for", "lock_for", "resolver_for", "target_for"]
 
 
 def target_for(cfg: Config, runner: Runner, image: str) -> Target:
@@ -25,7 +25,15 @@ def target_for(cfg: Config, runner: Runner, image: str) -> Target:
         from conveyor.docker_engine import DockerEngine
 
         stack = compose.stack_for(cfg, resolver_for(cfg, runner), image)
-        return ComposeDeployTarget(runner, DockerEngine(runner), stack, lock_for(cfg), cfg.env.name, cfg.app)
+        return ComposeDeployTarget(
+            runner,
+            DockerEngine(runner),
+            stack,
+            lock_for(cfg),
+            cfg.env.name,
+            cfg.app,
+            timeout=cfg.env.deploy.timeout,
+        )
     if cfg.env.target == "ecs":
         from conveyor.deploy import ecs
         from conveyor.deploy.model import Owner
@@ -33,7 +41,15 @@ def target_for(cfg: Config, runner: Runner, image: str) -> Target:
         path, name = ecs.template_path(cfg)
         template = ecs.load_template(path, name=name)
         ecs.check_static(cfg, template)  # every offline check, before any AWS client exists
-        return ecs.EcsDeployTarget(runner, _ecs_api(cfg), cfg, template=template, deployer=Owner.here("").who)
+        if cfg.env.ecs.stack:  # cluster and services from the stack's outputs (conveyor.infra)
+            from conveyor.aws import AwsClients
+            from conveyor.infra import resolved
+
+            clients = AwsClients(cfg.env.ecs, cfg.dotenv)
+            clients.check()
+            cfg = resolved(cfg, clients)
+        api = _ecs_api(cfg, check=not runner.dry)  # under --dry the ECS plan is offline: no credentials
+        return ecs.EcsDeployTarget(runner, api, cfg, template=template, deployer=Owner.here("").who)
     if cfg.env.target == "k8s":
         from conveyor.deploy import k8s
         from conveyor.deploy.model import Owner
@@ -54,12 +70,13 @@ def resolver_for(cfg: Config, runner: Runner) -> SecretResolver:
     )
 
 
-def _ecs_api(cfg: Config) -> EcsApi:
+def _ecs_api(cfg: Config, *, check: bool = True) -> EcsApi:
     from conveyor.aws import AwsClients
     from conveyor.deploy.ecs import EcsApi
 
     clients = AwsClients(cfg.env.ecs, cfg.dotenv)
-    clients.check()
+    if check:  # else the first AWS call checks (and an offline --dry plan makes none)
+        clients.check()
     return EcsApi(clients)
 
 
@@ -82,6 +99,25 @@ def lock_for(cfg: Config) -> Lock:
     raise _not_available(cfg)
 
 
+def journal_for(cfg: Config, runner: Runner) -> JournalStore:
+    """The environment's journal, where every operator reads it (compose: a local file; ecs: SSM
+    parameters; k8s: ConfigMaps in its namespace), falling back to the local file when not writable."""
+    local = FileJournal(cfg.root, cfg.env.name)
+    if cfg.env.target == "ecs":
+        from conveyor.aws import AwsClients
+        from conveyor.deploy.journal import FallbackJournal, SsmJournal
+
+        ssm = SsmJournal(AwsClients(cfg.env.ecs, cfg.dotenv), cfg.project, cfg.env.name)
+        return FallbackJournal(ssm, local, runner.say)
+    if cfg.env.target == "k8s":
+        from conveyor.deploy.journal import ConfigMapJournal, FallbackJournal
+        from conveyor.deploy.k8s import KubeCtl
+
+        kube = KubeCtl(runner, cfg.env.k8s.namespace, cfg.env.k8s.context)
+        return FallbackJournal(ConfigMapJournal(kube, cfg.env.k8s.namespace, cfg.env.name), local, runner.say)
+    return local
+
+
 def _not_available(cfg: Config) -> ConveyorError:
     return ConveyorError(f"environment {cfg.env.name}: unknown target `{cfg.env.target}`")
 
@@ -97,7 +133,7 @@ def deployer_for(cfg: Config, runner: Runner, image: str) -> Deployer:
     return Deployer(
         target=target_for(cfg, runner, image),
         runner=runner,
-        journal=FileJournal(cfg.root, cfg.env.name),
+        journal=journal_for(cfg, runner),
         env=cfg.env.name,
         timeout=cfg.env.deploy.timeout,
         lock_ttl=cfg.env.deploy.lock_ttl,

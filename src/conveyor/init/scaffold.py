@@ -158,10 +158,31 @@ def render(det: Detected, *, branch: str = "main") -> dict[str, str]:
     files["deploy/ecs/taskdef.yaml"] = fill(
         "taskdef.yaml.tmpl", {"project": project, "port": str(PORT), "healthcheck": healthcheck}
     )
+    files["deploy/cloudformation/stack.yaml"] = template("cloudformation/stack.yaml")  # static: parameters
     files["ci/pipeline.yaml"] = fill(
         "pipeline.yaml.tmpl", {"project": project, "matrix": "\n    matrix: python" if det.pythons else ""}
     )
+    files["monitoring/rules/service.yaml"] = monitoring_rules(det)
     return files
+
+
+def monitoring_rules(det: Detected) -> str:
+    """Prometheus rules for the project's processes, one scrape job per process (promtool-checked)."""
+    workers = [p.name for p in det.processes]
+    worker_jobs = "|".join(workers)
+    values = {
+        "project": det.name,
+        "http_job": WEB,
+        "jobs": "|".join([WEB, *workers]),
+        "worker_metric": fill("monitoring/worker-metric.tmpl", {"worker_jobs": worker_jobs})
+        if workers
+        else "",
+        "worker_recording": fill("monitoring/worker-recording.tmpl", {"worker_jobs": worker_jobs})
+        if workers
+        else "",
+        "worker_alerts": template("monitoring/worker-alerts.tmpl") if workers else "",
+    }
+    return fill("monitoring/rules.yaml.tmpl", values).rstrip("\n") + "\n"
 
 
 def _k8s(det: Detected) -> dict[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from conveyor.tasks import ci, deploy, doctor, env, image, quality, stack
+from conveyor.tasks import ci, deploy, doctor, env, image, infra, quality, stack
 
 
 def namespace() -> Collection:
@@ -41,6 +41,7 @@ def namespace() -> Collection:
     ns.add_collection(images)
     ns.add_collection(Collection("lock", deploy.release_lock))
     ns.add_collection(Collection("ci", ci.run, ci.render, ci.check))
+    ns.add_collection(Collection("infra", infra.plan, infra.up, infra.down))
     return ns
 
 
