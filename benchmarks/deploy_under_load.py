@@ -17,15 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.tests.conftest import free_port  # noqa: E402
 from conveyor import config  # noqa: E402
-from tests.integration.conftest import copy_project  # noqa: E402
+from tests.integration.conftest import copy_project, own_stack  # noqa: E402
 from tests.load import HEADER, Load, row  # noqa: E402
 
 READY = 'status_code=503 if status == "not ready" else 200)'
@@ -39,12 +37,7 @@ def main() -> int:
     args = parser.parse_args()
     base = config.load(ROOT, environ=dict(os.environ)).image.base_image
     project = copy_project(Path(tempfile.mkdtemp(prefix="deploy-under-load-")), base)
-    name, port = f"bench-{uuid.uuid4().hex[:8]}", free_port()
-    with (project.root / ".env").open("a") as dotenv:
-        dotenv.write(
-            f"POSTGRES_PASSWORD=pw-{uuid.uuid4().hex}\nHTTP_PORT={port}\nCONVEYOR_URL=http://127.0.0.1:{port}\n"
-            f"CONVEYOR_COMPOSE__PROJECT={name}\n"
-        )
+    _, port = own_stack(project, "bench")
 
     def invoke(*argv: str, expect: int = 0) -> None:
         result = project.invoke(*argv)

@@ -124,26 +124,31 @@ def _eventually_ready(client: TestClient, timeout: float = 15) -> bool:
     return False
 
 
-def test_server_drains_in_flight_requests_on_sigterm(postgres: Postgres, redis_server: Redis) -> None:
-    """SIGTERM arrives while a request body is still arriving: that request completes, then pools close."""
+def _serve(postgres: Postgres, redis_server: Redis, port: int, **env: str) -> subprocess.Popen[str]:
+    """`python -m app serve` on 127.0.0.1:``port`` against the test servers (schema applied), output piped."""
     migrate(postgres.url)
-    port = free_port()
-    env = {
+    environ = {
         **os.environ,
         "DATABASE_URL": postgres.url,
         "REDIS_URL": redis_server.url,
         "PORT": str(port),
         "HOST": "127.0.0.1",
-        "GIT_SHA": "sig-test",
+        **env,
     }
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "app", "serve"],
         cwd=ROOT,
-        env=env,
+        env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_server_drains_in_flight_requests_on_sigterm(postgres: Postgres, redis_server: Redis) -> None:
+    """SIGTERM arrives while a request body is still arriving: that request completes, then pools close."""
+    port = free_port()
+    proc = _serve(postgres, redis_server, port, GIT_SHA="sig-test")
     try:
         _wait_port(port)
 
@@ -175,19 +180,8 @@ def test_on_sigterm_readiness_fails_first_while_requests_are_still_served(
 ) -> None:
     """CONVEYOR_DRAIN_SECONDS (compose): /ready answers 503 at once, new connections are still served
     for the drain, then the server stops accepting and exits."""
-    migrate(postgres.url)
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": postgres.url,
-        "REDIS_URL": redis_server.url,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "CONVEYOR_DRAIN_SECONDS": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
-    )
+    proc = _serve(postgres, redis_server, port, CONVEYOR_DRAIN_SECONDS="2")
     try:
         _wait_port(port)
         url = f"http://127.0.0.1:{port}"
@@ -198,8 +192,10 @@ def test_on_sigterm_readiness_fails_first_while_requests_are_still_served(
         ready = httpx.get(f"{url}/ready")  # a new connection: still accepted
         assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
         assert httpx.get(f"{url}/notes").status_code == 200
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode in (0, -signal.SIGTERM)
         assert time.monotonic() - signalled >= 2
+        assert '"event": "draining"' in out
     finally:
         if proc.poll() is None:
             proc.kill()

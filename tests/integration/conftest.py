@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +67,24 @@ def copy_project(dest: Path, base: str) -> Project:
     return Project(dest)
 
 
+def own_stack(project: Project, prefix: str, *, dev_ports: bool = False) -> tuple[str, int]:
+    """Give a copy of the project its own compose project, HTTP port and database password (in its
+    .env), so it runs beside any other; returns (compose project name, HTTP port)."""
+    name, port = f"{prefix}-{uuid.uuid4().hex[:8]}", free_port()
+    lines = [
+        f"POSTGRES_PASSWORD=pw-{uuid.uuid4().hex}",
+        f"HTTP_PORT={port}",
+        f"CONVEYOR_URL=http://127.0.0.1:{port}",
+        f"CONVEYOR_COMPOSE__PROJECT={name}",
+        "CONVEYOR_DEPLOY__TIMEOUT=90",
+    ]
+    if dev_ports:
+        lines += [f"DEV_{kind}_PORT={free_port()}" for kind in ("HTTP", "POSTGRES", "REDIS")]
+    with (project.root / ".env").open("a") as dotenv:
+        dotenv.write("".join(f"{line}\n" for line in lines))
+    return name, port
+
+
 def _standin_lines() -> str:
     """Carry the machine's stand-in image choices (from the repo's .env or environment) into the copy."""
     cfg = config.load(REPO, environ=os.environ)
@@ -80,9 +100,9 @@ def built_project(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> 
     return project
 
 
-@pytest.fixture
-def registry(docker_engine: None) -> Iterator[str]:
-    """A real registry (Debian's docker-registry) on 127.0.0.1; the engine trusts loopback registries."""
+@contextlib.contextmanager
+def serve_registry() -> Iterator[str]:
+    """A real registry (Debian's docker-registry) on 127.0.0.1, for as long as the block runs."""
     if shutil.which("docker-registry") is None:
         engine_missing("docker-registry not installed (apt-get install docker-registry)")
     port = free_port()
@@ -103,3 +123,10 @@ def registry(docker_engine: None) -> Iterator[str]:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def registry(docker_engine: None) -> Iterator[str]:
+    """A real registry on 127.0.0.1; the engine trusts loopback registries."""
+    with serve_registry() as host:
+        yield host

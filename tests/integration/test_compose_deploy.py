@@ -21,7 +21,7 @@ import pytest
 
 from app.tests.conftest import free_port
 from tests.conftest import Project
-from tests.integration.conftest import copy_project
+from tests.integration.conftest import copy_project, own_stack
 from tests.load import Load
 
 pytestmark = pytest.mark.docker
@@ -110,14 +110,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     project = copy_project(tmp_path_factory.mktemp("deploy"), base_image)
-    name = f"ctest-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    with (project.root / ".env").open("a") as dotenv:
-        dotenv.write(
-            f"POSTGRES_PASSWORD=pw-{uuid.uuid4().hex}\nHTTP_PORT={port}\nCONVEYOR_URL=http://127.0.0.1:{port}\n"
-            f"CONVEYOR_COMPOSE__PROJECT={name}\nCONVEYOR_DEPLOY__TIMEOUT=90\n"
-            f"DEV_HTTP_PORT={free_port()}\nDEV_POSTGRES_PORT={free_port()}\nDEV_REDIS_PORT={free_port()}\n"
-        )
+    name, port = own_stack(project, "ctest", dev_ports=True)
     built = project.invoke("build")
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr
     try:

@@ -38,7 +38,7 @@ from conveyor.deploy.model import DeployFailed, Release
 from tests.conftest import Project, engine_missing
 from tests.ecs_harness import TinyImages
 from tests.integration import test_ecs
-from tests.integration.conftest import copy_project
+from tests.integration.conftest import copy_project, own_stack
 from tests.integration.test_ecs import NEW_SHA, OLD_SHA, REGION, Ecs
 
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -178,13 +178,7 @@ def one_line(err: str) -> str:
 def local(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
     """The reference project deployed once (a good release serving) in its own compose project."""
     project = copy_project(tmp_path_factory.mktemp("faults"), base_image)
-    name = f"cfault-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    with (project.root / ".env").open("a") as dotenv:
-        dotenv.write(
-            f"POSTGRES_PASSWORD=pw-{uuid.uuid4().hex}\nHTTP_PORT={port}\nCONVEYOR_URL=http://127.0.0.1:{port}\n"
-            f"CONVEYOR_COMPOSE__PROJECT={name}\nCONVEYOR_DEPLOY__TIMEOUT=90\n"
-        )
+    name, port = own_stack(project, "cfault")
     deployed = project.invoke("build", "deploy")
     try:
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr

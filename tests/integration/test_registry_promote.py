@@ -6,11 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import subprocess
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +16,8 @@ from conveyor import config, registry
 from conveyor.errors import ConfigError
 from conveyor.registry import Ref, RegistryClient, RegistryError
 from conveyor.runner import Runner
-from tests.conftest import Project, engine_missing
+from tests.conftest import Project
+from tests.integration.conftest import serve_registry
 
 pytestmark = pytest.mark.docker
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -31,50 +28,11 @@ def anonymous(host: str) -> tuple[str, str] | None:
     return None
 
 
-def _serve(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = work / "config.yml"
-    cfg.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\nlog:\n  level: warn\n"
-    )
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).close()
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("docker-registry did not start")
-
-
 @pytest.fixture
 def registries() -> Iterator[tuple[str, str]]:
     """Two independent registries on 127.0.0.1 (the source and the destination environment's)."""
-    if shutil.which("docker-registry") is None:
-        engine_missing("docker-registry not installed (apt-get install docker-registry)")
-    work = Path(tempfile.mkdtemp(prefix="conveyor-promote-"))
-    (work / "a").mkdir()
-    (work / "b").mkdir()
-    procs = []
-    try:
-        a, host_a = _serve(work / "a")
-        procs.append(a)
-        b, host_b = _serve(work / "b")
-        procs.append(b)
+    with serve_registry() as host_a, serve_registry() as host_b:
         yield host_a, host_b
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def digest(data: bytes) -> str:
