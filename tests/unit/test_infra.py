@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import config, infra
-from conveyor.errors import ConfigError
+from conveyor.errors import ConfigError, ConveyorError
 from conveyor.runner import Runner
 from tests.conftest import REPO, Project, engine_missing
 
@@ -217,6 +217,19 @@ def test_dry_renders_and_validates_without_calling_aws(shop: Project) -> None:
         assert "[dry] deploy/cloudformation/stack.yaml: valid (cfn-lint)" in result.stdout
         assert "[dry]   HealthPath = /healthz" in result.stdout
         assert "[dry]   DeregistrationDelay = 30" in result.stdout
+
+
+def test_a_dry_deploy_plan_with_a_stack_makes_no_aws_call(shop: Project) -> None:
+    """The endpoint is a closed port: reading the stack's outputs would fail; --dry names them instead."""
+    from conveyor.deploy import target_for
+
+    taskdef = shop.root / "deploy/ecs/taskdef.yaml"
+    taskdef.write_text(taskdef.read_text().replace("8000", "8080"))  # the shop's web serves on 8080
+    cfg = load(shop)
+    target = target_for(cfg, Runner(echo=False, dry=True), "registry.example.test/shop:abc")
+    assert target.cfg.env.ecs.cluster == target.cfg.env.ecs.service == "<from stack shop-staging>"  # type: ignore[attr-defined]
+    with pytest.raises(ConveyorError):  # while a real run does read the stack (and finds no endpoint)
+        target_for(cfg, Runner(echo=False), "registry.example.test/shop:abc")
 
 
 def test_an_environment_that_is_not_ecs_is_refused(shop: Project) -> None:

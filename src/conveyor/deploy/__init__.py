@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from conveyor.config import ENV_DIR, Config
@@ -41,7 +42,13 @@ def target_for(cfg: Config, runner: Runner, image: str) -> Target:
         path, name = ecs.template_path(cfg)
         template = ecs.load_template(path, name=name)
         ecs.check_static(cfg, template)  # every offline check, before any AWS client exists
-        if cfg.env.ecs.stack:  # cluster and services from the stack's outputs (conveyor.infra)
+        if cfg.env.ecs.stack and runner.dry:  # offline: name what the stack's outputs would say
+            shown = f"<from stack {cfg.env.ecs.stack}>"
+            ecs_cfg = replace(
+                cfg.env.ecs, cluster=cfg.env.ecs.cluster or shown, service=cfg.env.ecs.service or shown
+            )
+            cfg = replace(cfg, env=replace(cfg.env, ecs=ecs_cfg))
+        elif cfg.env.ecs.stack:  # cluster and services from the stack's outputs (conveyor.infra)
             from conveyor.aws import AwsClients
             from conveyor.infra import resolved
 
