@@ -16,6 +16,9 @@ PRIMARY = "3.12"
 # scanners are installed (checkov pins an older botocore that must not leak into the other sessions).
 ENGINE_MARKERS = ("docker", "aws", "k8s", "pipeline")
 TOOL_MARKERS = ("scanners",)
+# Unit-test modules whose `scanners` tests check what conveyor renders (k8s manifests with the hashed
+# config names, the expanded CloudFormation template): collected by `security`, next to tests/security.
+SCANNED_ELSEWHERE = ("tests/unit/test_k8s_fake.py", "tests/unit/test_infra.py")
 LINT_PATHS = ["src", "app", "tests", "benchmarks", "tasks.py", "noxfile.py"]
 # Prometheus rules (rules/*.yaml), their promtool unit tests (tests/*.yaml), prometheus.yml, alertmanager.yml
 RULES = "monitoring"
@@ -66,10 +69,11 @@ def integration(session: nox.Session) -> None:
 @nox.session(python=PRIMARY)
 def security(session: nox.Session) -> None:
     """Security scanners (bandit, pip-audit, hadolint, checkov) with a summary; `-- --allow-unverified`."""
-    session.install("-e", ".[scanners]", "pytest")
+    session.install("-e", ".[scanners]", "pytest", "kubernetes-validate")
     session.run(
         "pytest",
         "tests/security",
+        *SCANNED_ELSEWHERE,
         "-m",
         " or ".join(TOOL_MARKERS),
         "-p",

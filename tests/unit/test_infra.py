@@ -266,12 +266,19 @@ def test_resolve_without_a_stack_is_the_configured_target(tmp_path: Path) -> Non
 def test_security_scans_each_template_as_infra_up_sends_it(shop: Project) -> None:
     from conveyor import security
 
-    (shop.root / security.REPORTS).mkdir(parents=True)
     shop.write("deploy/environments/local.yaml", "target: compose\ncompose: {files: [compose.yaml]}\n")
     targets = security.resolve_targets(shop.root, {})
     assert targets.templates == ("build/infra/staging.json",)  # ECS environments only
+
+
+@pytest.mark.scanners  # runs in `nox -s security`, where checkov is installed
+def test_the_kit_template_as_infra_up_sends_it_is_checkov_clean(shop: Project) -> None:
+    from conveyor import security
+
     if shutil.which("checkov") is None:
         engine_missing("checkov not installed (pip install -e '.[scanners]')")
+    (shop.root / security.REPORTS).mkdir(parents=True)
+    targets = security.resolve_targets(shop.root, {})
     result = security.checkov(shop.root, targets.templates, name="infra")
     assert (result.status, result.report) == ("clean", "reports/security/checkov-infra.json")
 
