@@ -268,10 +268,11 @@ def provisioned(endpoint: str, root: Path, images: TinyImages | None) -> Iterato
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
     group = ec2.create_security_group(GroupName=cluster, Description="web", VpcId=vpc)["GroupId"]
-    with contextlib.suppress(Exception):  # created by an earlier test of this module (same server)
-        boto("secretsmanager").create_secret(
-            Name="conveyor/staging/db", SecretString=json.dumps({"url": SENTINEL})
-        )
+    document = json.dumps({"url": SENTINEL})
+    try:
+        boto("secretsmanager").create_secret(Name="conveyor/staging/db", SecretString=document)
+    except Exception:  # created by an earlier test on the same server: make it ours again
+        boto("secretsmanager").put_secret_value(SecretId="conveyor/staging/db", SecretString=document)
     boto("ssm").put_parameter(
         Name="/conveyor/staging/redis-url", Value="redis://cache:6379/0", Type="SecureString", Overwrite=True
     )
@@ -711,7 +712,12 @@ def test_a_sidecar_stays_as_the_template_has_it_and_runs_next_to_the_app(live: E
         assert "stopTimeout" not in proxy
         assert app["image"] == new.image
         env = {e["name"]: e["value"] for e in app["environment"]}
-        assert env == {"LOG_LEVEL": "info", "FROM_TEMPLATE": "yes", "IMAGE_DIGEST": new.image}
+        assert env == {
+            "LOG_LEVEL": "info",
+            "FROM_TEMPLATE": "yes",
+            "IMAGE_DIGEST": new.image,
+            "CONVEYOR_SHUTDOWN_TIMEOUT": "20",  # deploy.shutdown_timeout, on every target
+        }
         assert sorted(s["name"] for s in app["secrets"]) == ["DATABASE_URL", "REDIS_URL", "SENTRY_DSN"]
     (release,) = live.harness.release_tasks()
     assert release.overrides["containerOverrides"][0]["name"] == "app"
