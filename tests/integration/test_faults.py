@@ -39,6 +39,7 @@ from tests.conftest import Project, engine_missing
 from tests.ecs_harness import TinyImages
 from tests.integration import test_ecs
 from tests.integration.conftest import copy_project, own_stack
+from tests.integration.test_compose_deploy import commit
 from tests.integration.test_ecs import NEW_SHA, OLD_SHA, REGION, Ecs
 
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -114,15 +115,6 @@ class SocketProxy:
 def get(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as response:
         return dict(json.loads(response.read()))
-
-
-def commit(project: Project, message: str) -> str:
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
-    subprocess.run(["git", "add", "-A"], cwd=project.root, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", message], cwd=project.root, check=True)
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=project.root, capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 class Local:

@@ -184,9 +184,10 @@ def project(tmp_path: Path) -> Project:
 
 
 def make(
-    project: Project, kube: FakeKube, clock: Clock | None = None
+    project: Project, kube: FakeKube, clock: Clock | None = None, db_url: str = SENTINEL
 ) -> tuple[Deployer, K8sDeployTarget, io.StringIO]:
-    cfg = config.load(project.root, "production", environ={"DB_URL": SENTINEL})
+    """Deployer and target on the fake; ``db_url`` is what the project's DB_URL secret resolves to."""
+    cfg = config.load(project.root, "production", environ={"DB_URL": db_url})
     clock = clock or Clock()
     out = io.StringIO()
     runner = Runner(out=out)

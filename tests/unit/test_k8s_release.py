@@ -11,13 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conveyor import config
 from conveyor.deploy.journal import FileJournal
 from conveyor.deploy.k8s import K8sDeployTarget
 from conveyor.deploy.model import Deployer, DeployFailed, Release, RolloutFailed
 from conveyor.errors import ConfigError
-from conveyor.runner import Runner
-from conveyor.secrets import SecretResolver
 from tests.conftest import Clock, Project, engine_missing
 from tests.k8s_fake import FAILED_LOG, REVISION, FakeKube
 from tests.unit import test_k8s as base
@@ -85,20 +82,7 @@ def make(
     project: Project, kube: FakeKube, clock: Clock | None = None
 ) -> tuple[Deployer, K8sDeployTarget, io.StringIO]:
     """Deployer and target on the fake; DB_URL is what the project's .db_url holds now."""
-    cfg = config.load(project.root, "production", environ={"DB_URL": (project.root / ".db_url").read_text()})
-    clock = clock or Clock()
-    out = io.StringIO()
-    runner = Runner(out=out)
-    resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
-    target = K8sDeployTarget(
-        runner, kube, cfg, deployer="tester", resolver=resolver, sleep=clock.sleep, clock=clock
-    )
-    deployer = Deployer(
-        target=target, runner=runner, journal=FileJournal(project.root, "production"), env="production",
-        timeout=cfg.env.deploy.timeout, lock_ttl=600, contract=cfg.app, url=cfg.env.url,
-        probe=kube.probe_for(WEB), clock=clock, sleep=clock.sleep,
-    )  # fmt: skip
-    return deployer, target, out
+    return base.make(project, kube, clock, db_url=(project.root / ".db_url").read_text())
 
 
 def configured(project: Project, data: dict[str, str], *, secret: str = SENTINEL, hpa: bool = True) -> None:
