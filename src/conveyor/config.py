@@ -57,6 +57,10 @@ SCHEMA: dict[str, Key] = {
     "image.build_args": Key("map", {}, "extra build args (the kit sets BASE_IMAGE, GIT_SHA, VERSION, ...)"),
     "image.python": Key("str", "python", "interpreter in the image whose packages the SBOM lists"),
     "image.smoke_env": Key("map", {}, "variables for `image.smoke`, which runs the image alone"),
+    "image.cache_from": Key(
+        "str", "", "BuildKit cache to read (a dir, or a spec: type=gha, type=registry,...)"
+    ),
+    "image.cache_to": Key("str", "", "BuildKit cache to write (CI sets both; `build --cache-*` flags win)"),
     # The app contract: what runs, what runs once per deploy, how a revision proves itself.
     "processes": Key(
         "processes",
@@ -71,6 +75,20 @@ SCHEMA: dict[str, Key] = {
     "ci.python": Key("str", "3.12", "Python of the generated CI jobs that are not a matrix"),
     "ci.gitlab_image": Key("str", "", "image of the GitLab jobs (default: python:<ci.python>)"),
     "ci.docker_service": Key("str", "docker:dind", "GitLab service that gives build jobs a Docker engine"),
+    "ci.gitlab_python_image": Key(
+        "str", "python", "image repository of GitLab matrix jobs (tag: the Python)"
+    ),
+    "ci.gitlab_docker_image": Key(
+        "str",
+        "",
+        "image of GitLab `engine: docker` jobs (default: ci.gitlab_image + docker CLI/buildx by apt)",
+    ),
+    "ci.github_build_cache": Key("str", "type=gha", "BuildKit cache of the GitHub build job; empty: none"),
+    "ci.gitlab_build_cache": Key(
+        "str",
+        "type=registry,ref=$CI_REGISTRY_IMAGE/cache",
+        "BuildKit cache of the GitLab build job; empty: none",
+    ),
     "security.max_severity": Key("severity", "medium", "promotion refuses findings above this severity"),
     "deploy.timeout": Key("int", 300, "seconds to wait for a new revision to win"),
     "deploy.lock_ttl": Key("int", 1800, "seconds after which a deploy lock counts as stale"),
@@ -276,6 +294,10 @@ class CiSpec:
     python: str
     gitlab_image: str
     docker_service: str
+    gitlab_docker_image: str = ""
+    github_build_cache: str = ""
+    gitlab_build_cache: str = ""
+    gitlab_python_image: str = "python"
 
 
 @dataclass(frozen=True)
@@ -718,6 +740,10 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
         get("ci.python"),
         get("ci.gitlab_image") or f"python:{get('ci.python')}",
         get("ci.docker_service"),
+        get("ci.gitlab_docker_image") or get("ci.gitlab_image") or f"python:{get('ci.python')}",
+        get("ci.github_build_cache"),
+        get("ci.gitlab_build_cache"),
+        get("ci.gitlab_python_image"),
     )
     values = {**layers, "processes": processes}
     return Config(

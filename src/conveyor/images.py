@@ -7,10 +7,11 @@ else goes through the DockerEngine adapter.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,13 @@ def build_argv(
         argv += ["--platform", options.platform]
     if options.no_cache:
         argv.append("--no-cache")
+    # A value with `=` is a whole BuildKit cache spec (CI: type=gha, type=registry,ref=...); else a local dir.
     if options.cache_from and use_buildx:
-        argv += ["--cache-from", f"type=local,src={options.cache_from}"]
+        spec = options.cache_from if "=" in options.cache_from else f"type=local,src={options.cache_from}"
+        argv += ["--cache-from", spec]
     if options.cache_to and use_buildx:
-        argv += ["--cache-to", f"type=local,dest={options.cache_to},mode=max"]
+        spec = options.cache_to if "=" in options.cache_to else f"type=local,dest={options.cache_to},mode=max"
+        argv += ["--cache-to", spec]
     argv.append(context)
     return argv
 
@@ -190,6 +194,12 @@ def build(
     iidfile.parent.mkdir(parents=True, exist_ok=True)
     iidfile.unlink(missing_ok=True)
     use_buildx = has_buildx(runner)
+    if not options.cache_from and not options.cache_to:  # flags win; CI sets image.cache_* by variable
+        options = replace(
+            options,
+            cache_from=str(cfg.values["image.cache_from"].value),
+            cache_to=str(cfg.values["image.cache_to"].value),
+        )
     argv = build_argv(
         use_buildx=use_buildx,
         dockerfile=str(dockerfile),
@@ -404,7 +414,7 @@ def _wait_answering(engine: DockerEngine, container: str, port: int, route: str,
             raise _exited(engine, container, state)
         published = (state["NetworkSettings"]["Ports"] or {}).get(f"{port}/tcp") or []
         if published:
-            base = f"http://127.0.0.1:{published[0]['HostPort']}"
+            base = f"http://{engine_host(os.environ)}:{published[0]['HostPort']}"
             try:
                 get_ok(base + route, timeout=2)
                 return base
@@ -413,6 +423,15 @@ def _wait_answering(engine: DockerEngine, container: str, port: int, route: str,
         if time.monotonic() > deadline:
             raise ConveyorError(f"{route} did not answer within {timeout:.0f}s ({last})")
         time.sleep(0.5)
+
+
+def engine_host(environ: Mapping[str, str]) -> str:
+    """Where the engine's published ports answer: a tcp:// DOCKER_HOST's host (CI's docker:dind service
+    publishes on the service, not on the job), else this machine."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(environ.get("DOCKER_HOST", ""))
+    return url.hostname if url.scheme in ("tcp", "http", "https") and url.hostname else "127.0.0.1"
 
 
 def _wait_steady(engine: DockerEngine, container: str, seconds: float) -> None:

@@ -224,7 +224,8 @@ def render_ci(root: Path, files: Mapping[str, str], *, branch: str) -> dict[str,
     from conveyor.doctor import python_versions
     from conveyor.tasks import task_names
 
-    needed = ["invoke.yaml", "pyproject.toml", "ci/pipeline.yaml", "deploy/environments/local.yaml"]
+    needed = ["invoke.yaml", "pyproject.toml", "ci/pipeline.yaml"]
+    needed += [f"deploy/environments/{env}.yaml" for env in ENVIRONMENTS]
     with tempfile.TemporaryDirectory(prefix="conveyor-init-") as tmp:
         scratch = Path(tmp)
         for rel in needed:
@@ -237,10 +238,15 @@ def render_ci(root: Path, files: Mapping[str, str], *, branch: str) -> dict[str,
         cfg = config.load(scratch, "local", environ={})
         pipe = pipeline.load(scratch / pipeline.PIPELINE_FILE, task_names())
         pythons = python_versions(scratch / "pyproject.toml")
-    return {
-        str(pipeline.GITHUB_FILE): pipeline.render_github(pipe, pythons, cfg.ci, branch),
-        str(pipeline.GITLAB_FILE): pipeline.render_gitlab(pipe, pythons, cfg.ci),
+        envs = pipeline.environment_access(scratch, pipe)
+    rendered = {
+        str(pipeline.GITHUB_FILE): pipeline.render_github(pipe, pythons, cfg.ci, branch, envs),
+        str(pipeline.GITLAB_FILE): pipeline.render_gitlab(pipe, pythons, cfg.ci, envs),
     }
+    dind = pipeline.render_gitlab_dind(pipe, cfg.ci)
+    if dind is not None:
+        rendered[str(pipeline.GITLAB_DIND_FILE)] = dind
+    return rendered
 
 
 # --- comparing with the disk and writing -----------------------------------------------------------------

@@ -48,7 +48,10 @@ def deploy(c: Context, env: str = "") -> None:
 
     cfg, runner, release = _release(c, env)
     deployer = deployer_for(cfg, runner, release.image)  # every static check happens here, before a push
-    if cfg.env.registry and not runner.dry:
+    # A digest recorded for this environment's registry (`image.push`, e.g. by the CI build job) is deployed
+    # as it is: no local image is needed, nothing is pushed again.
+    recorded = release.image.startswith(f"{cfg.env.registry.rstrip('/')}/{cfg.image.name}@sha256:")
+    if cfg.env.registry and not runner.dry and not recorded:
         from conveyor import images
         from conveyor.deploy import Release
         from conveyor.docker_engine import DockerEngine
