@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from app.heartbeat import MAX_AGE, check
 from app.settings import Settings, SettingsError, heartbeat_file
+
+if TYPE_CHECKING:
+    from app.tracing import Tracing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,17 +69,35 @@ def _worker(settings: Settings) -> int:
     from app.worker import StartupError, Stop, Worker
     from app.worker_metrics import serve
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, trace_ids=bool(settings.traces_exporters))
     serve(settings)  # Prometheus's view of the backlog (monitoring/rules), from a daemon thread
     stop = Stop()
     signal.signal(signal.SIGTERM, stop.set)
     signal.signal(signal.SIGINT, stop.set)
+    tracing = _tracing(settings, "worker")
     try:
-        Worker(settings, stop=stop).run()
+        Worker(settings, stop=stop, tracing=tracing).run()
     except StartupError as exc:
         print(f"app: worker: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # export the last spans
     return 0
+
+
+def _tracing(settings: Settings, process: str) -> Tracing | None:
+    """OpenTelemetry for this process when the OTEL_* variables turn it on (app.tracing), else None."""
+    if not settings.traces_exporters:
+        return None
+    from opentelemetry import trace
+
+    from app.tracing import start
+
+    tracing = start(settings, process)
+    if tracing is not None:
+        trace.set_tracer_provider(tracing.provider)  # for spans of code that asks the global API
+    return tracing
 
 
 def _migrate(settings: Settings) -> int:
@@ -101,8 +123,8 @@ def create_from_env() -> object:
     from app.observability import configure_logging
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
-    return create_app(settings)
+    configure_logging(settings.log_level, trace_ids=bool(settings.traces_exporters))
+    return create_app(settings, _tracing(settings, "web"))
 
 
 def _serve(settings: Settings, *, reload: bool = False) -> int:
@@ -114,7 +136,7 @@ def _serve(settings: Settings, *, reload: bool = False) -> int:
     from app.main import create_app
     from app.observability import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, trace_ids=bool(settings.traces_exporters))
     log = structlog.get_logger("app")
     options: dict[str, object] = dict(
         host=settings.host,
@@ -128,7 +150,8 @@ def _serve(settings: Settings, *, reload: bool = False) -> int:
     if reload:
         uvicorn.run("app.__main__:create_from_env", factory=True, reload=True, reload_dirs=["app"], **options)  # type: ignore[arg-type]
         return 0
-    app = create_app(settings)
+    tracing = _tracing(settings, "web")
+    app = create_app(settings, tracing)
 
     class Draining(uvicorn.Server):
         """On SIGTERM, /ready fails at once while requests are still accepted for CONVEYOR_DRAIN_SECONDS
@@ -146,7 +169,11 @@ def _serve(settings: Settings, *, reload: bool = False) -> int:
             timer.daemon = True
             timer.start()
 
-    Draining(uvicorn.Config(app, **options)).run()  # type: ignore[arg-type]
+    try:
+        Draining(uvicorn.Config(app, **options)).run()  # type: ignore[arg-type]
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # export the last spans
     return 0
 
 

@@ -16,6 +16,8 @@ GROUP = "workers"
 # XADD trims the stream to about this many entries. A note whose event is trimmed away before a worker
 # read it is found by the sweep (processed_at IS NULL), so the bound costs latency, never a note.
 STREAM_MAXLEN = 10_000
+# With tracing on (app.tracing), an entry also carries the request's trace context in these fields.
+TRACE_FIELDS = (b"traceparent", b"tracestate", b"baggage")
 
 SUMMARY_CHARS = 120
 MAX_TAGS = 20
@@ -59,6 +61,15 @@ def shorten(text: str, limit: int) -> str:
 def event(note_id: int) -> dict[str, str]:
     """The stream entry for a created note."""
     return {"id": str(note_id)}
+
+
+def trace_context(fields: Mapping[bytes, bytes] | None) -> dict[str, str]:
+    """The W3C trace context the API added to an entry (`traceparent`, `tracestate`, `baggage`), if any."""
+    return {
+        key.decode("latin-1"): value.decode("latin-1")
+        for key, value in (fields or {}).items()
+        if key in TRACE_FIELDS
+    }
 
 
 def note_id(fields: Mapping[bytes, bytes] | None) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 import redis.asyncio as aioredis
@@ -23,6 +23,9 @@ from app import __version__
 from app.jobs import STREAM, STREAM_MAXLEN, event
 from app.observability import Metrics, ObservabilityMiddleware
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.tracing import Tracing
 
 CACHE_TTL = 60
 log = structlog.get_logger("app")
@@ -48,10 +51,12 @@ class DependencyDown(Exception):
         self.name = name
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
+    """The app; with `tracing` (app.tracing.start, None when tracing is off) its requests are traced."""
     metrics = Metrics()
-    # "seen": the dependencies answered once (readiness, below); "draining": SIGTERM arrived (app.__main__).
-    state: dict[str, Any] = {"started": False, "seen": False, "draining": False}
+    # "seen": the dependencies answered once (readiness, below); "draining": SIGTERM arrived (app.__main__);
+    # "inject": adds the trace context to a stream entry (tracing on).
+    state: dict[str, Any] = {"started": False, "seen": False, "draining": False, "inject": None}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -84,7 +89,18 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="conveyor-demo notes", version=__version__, lifespan=lifespan, docs_url=None)
     app.state.drain = lambda: state.update(draining=True)  # called on SIGTERM by the server
     app.state.draining = lambda: bool(state["draining"])
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    trace_ids = None
+    if tracing is not None:
+        from app.tracing import current_ids, inject
+
+        state["inject"], trace_ids = inject, current_ids
+        tracing.instrument_app(app)
+    app.add_middleware(
+        ObservabilityMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        trace_ids=trace_ids,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -229,8 +245,11 @@ async def _db(state: dict[str, Any], sql: str, params: tuple[Any, ...]) -> list[
 
 async def _publish(state: dict[str, Any], note_id: int) -> None:
     # The note is committed: a lost event only delays it (the worker's sweep finds unprocessed notes).
+    fields = event(note_id)
+    if state["inject"] is not None:
+        state["inject"](fields)  # the request's trace continues in the worker's job
     try:
-        await state["cache"].xadd(STREAM, event(note_id), maxlen=STREAM_MAXLEN, approximate=True)
+        await state["cache"].xadd(STREAM, fields, maxlen=STREAM_MAXLEN, approximate=True)
     except (RedisError, OSError):
         log.warning("event not published", stream=STREAM, note_id=note_id)
 

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,15 +19,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+NO_TRACE: dict[str, str] = {}
 
 
-def configure_logging(level: str) -> None:
-    """JSON lines on stdout for ours and the libraries' logs (uvicorn, psycopg); called at startup only."""
+def configure_logging(level: str, *, trace_ids: bool = False) -> None:
+    """JSON lines on stdout for ours and the libraries' logs (uvicorn, psycopg); called at startup only.
+    With `trace_ids` (tracing is on), a line written inside a span carries its trace_id and span_id."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if trace_ids:
+        from app.tracing import add_trace_ids  # imports OpenTelemetry: only when tracing is on
+
+        shared.append(add_trace_ids)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -49,9 +55,12 @@ def configure_logging(level: str) -> None:
     )
 
 
-def access_log(method: str, route: str, status: int, seconds: float, request_id: str) -> None:
+def access_log(
+    method: str, route: str, status: int, seconds: float, request_id: str, trace: dict[str, str] | None = None
+) -> None:
     """One JSON line per request, the same shape as the structlog lines, written without its processor
-    chain: this runs on every request (benchmarks/app_throughput.py measures the difference)."""
+    chain: this runs on every request (benchmarks/app_throughput.py measures the difference). `trace`:
+    the trace_id and span_id of the request's span when tracing is on."""
     now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     line = json.dumps(
         {
@@ -60,6 +69,7 @@ def access_log(method: str, route: str, status: int, seconds: float, request_id:
             "status": status,
             "duration_ms": round(seconds * 1000, 2),
             "request_id": request_id,
+            **(trace or NO_TRACE),
             "event": "request",
             "level": "info",
             "timestamp": now,
@@ -116,10 +126,17 @@ class Metrics:
 class ObservabilityMiddleware:
     """Pure ASGI middleware (cheap): request id in and out, access log, metrics, body size limit."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        trace_ids: Callable[[], dict[str, str] | None] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.trace_ids = trace_ids  # app.tracing.current_ids when tracing is on
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -172,7 +189,7 @@ class ObservabilityMiddleware:
         method = scope["method"]
         self.metrics.observe(method, route, status, duration)
         # The route template, never the raw path or query string: ids and search terms stay out of logs.
-        access_log(method, route, status, duration, request_id)
+        access_log(method, route, status, duration, request_id, self.trace_ids() if self.trace_ids else None)
 
 
 def _headers(scope: Scope) -> tuple[str | None, str | None]:

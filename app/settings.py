@@ -9,6 +9,19 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# OpenTelemetry (app.tracing): the exporters, propagators and samplers this image ships.
+TRACES_EXPORTERS = ("otlp", "console", "none")
+OTLP_PROTOCOL = "http/protobuf"
+OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+PROPAGATORS = ("tracecontext", "baggage", "none")
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
 # The worker touches it on every loop; /tmp is the container's writable emptyDir.
 DEFAULT_HEARTBEAT_FILE = "/tmp/worker-heartbeat"  # noqa: S108  # nosec B108
 N = TypeVar("N", int, float)
@@ -38,6 +51,8 @@ class Settings:
     worker_claim_idle: float = 60.0
     worker_sweep_interval: float = 30.0
     worker_metrics_port: int = 9100  # the worker's /metrics (app.worker_metrics); 0: off
+    # The span exporters (app.tracing); empty: tracing is off and costs nothing.
+    traces_exporters: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +78,7 @@ class Settings:
             worker_claim_idle=_number(env, "WORKER_CLAIM_IDLE", float, 60.0, 1.0, 3600.0),
             worker_sweep_interval=_number(env, "WORKER_SWEEP_INTERVAL", float, 30.0, 1.0, 3600.0),
             worker_metrics_port=_number(env, "WORKER_METRICS_PORT", int, 9100, 0, 65535),
+            traces_exporters=traces_exporters(env),
         )
 
 
@@ -73,6 +89,56 @@ def heartbeat_file(environ: Mapping[str, str] | None = None) -> str:
     if not os.path.isabs(value):
         raise SettingsError(f"WORKER_HEARTBEAT_FILE must be an absolute path, got {value!r}")
     return value
+
+
+def traces_exporters(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The span exporters the standard OTEL_* variables ask for; () when tracing is off.
+
+    Off unless OTEL_TRACES_EXPORTER names an exporter or an OTLP endpoint is set; OTEL_SDK_DISABLED=true
+    turns it off whatever else is set. The values the SDK would ignore with at most a log line (an unknown
+    exporter, sampler or protocol, a malformed boolean, ratio or endpoint) are refused here instead.
+    """
+    env = os.environ if environ is None else environ
+    disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower()
+    if disabled not in ("", "true", "false"):
+        raise SettingsError(f"OTEL_SDK_DISABLED must be true or false, got {disabled!r}")
+    if disabled == "true":
+        return ()
+    raw = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+    if any(n not in TRACES_EXPORTERS for n in names) or ("none" in names and len(names) > 1):
+        raise SettingsError(
+            f"OTEL_TRACES_EXPORTER must be otlp, console or none (no other exporter is installed),"
+            f" got {raw!r}"
+        )
+    endpoints = [n for n in OTLP_ENDPOINTS if env.get(n)]
+    if not names:
+        names = ("otlp",) if endpoints else ()
+    if names in ((), ("none",)):
+        return ()
+    if "otlp" in names:
+        for name in endpoints:
+            parts = urlsplit(env[name])
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SettingsError(f"{name} must be an http:// or https:// URL with a host")
+        for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            protocol = env.get(name, "").strip()
+            if protocol and protocol != OTLP_PROTOCOL:
+                raise SettingsError(
+                    f"{name} must be {OTLP_PROTOCOL} (the only OTLP exporter installed), got {protocol!r}"
+                )
+    for propagator in (p.strip() for p in env.get("OTEL_PROPAGATORS", "").split(",") if p.strip()):
+        if propagator not in PROPAGATORS:
+            raise SettingsError(
+                f"OTEL_PROPAGATORS may list {', '.join(PROPAGATORS)} (no other is installed),"
+                f" got {propagator!r}"
+            )
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler and sampler not in SAMPLERS:
+        raise SettingsError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler.endswith("traceidratio"):
+        _number(env, "OTEL_TRACES_SAMPLER_ARG", float, 1.0, 0.0, 1.0)
+    return names
 
 
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 import redis
@@ -31,8 +31,11 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from app import heartbeat
-from app.jobs import GROUP, STREAM, analyse, note_id
+from app.jobs import GROUP, STREAM, analyse, note_id, trace_context
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.tracing import Tracing
 
 log = structlog.get_logger("app.worker")
 
@@ -83,8 +86,12 @@ class Worker:
         consumer: str | None = None,
         sweep_age: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        # app.tracing.start(); None when tracing is off. On, each entry is handled in a consumer span,
+        # child of the span of the request that created the note.
+        self.tracing = tracing
         self.stop = stop
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         # The sweep leaves notes younger than this to their event (processing twice is harmless, only
@@ -105,6 +112,13 @@ class Worker:
 
     def run(self) -> None:
         """Process jobs until stopped. StartupError when Postgres is not usable within startup_timeout."""
+        if self.tracing is None:
+            self._run()
+            return
+        with self.tracing.untraced():  # only the jobs are traced (_handle), not the polling around them
+            self._run()
+
+    def _run(self) -> None:
         # The beat starts with the loop: fresh means working, not merely started. A file left by the
         # container before this one (an emptyDir outlives a container restart) must not vouch for us.
         self._forget_beat()
@@ -184,6 +198,20 @@ class Worker:
     # --- jobs --------------------------------------------------------------------------------------
 
     def _handle(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
+        if self.tracing is None:
+            self._handle_entry(entry_id, fields)
+            return
+        attributes = {
+            "messaging.system": "redis",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": STREAM,
+            "messaging.consumer.group.name": GROUP,
+            "messaging.message.id": entry_id.decode(),
+        }
+        with self.tracing.job(f"process {STREAM}", trace_context(fields), attributes):
+            self._handle_entry(entry_id, fields)
+
+    def _handle_entry(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> None:
         nid = note_id(fields)
         if nid is None:
             log.warning("event skipped", entry=entry_id.decode(), reason="malformed or trimmed")

@@ -5,14 +5,17 @@ PostgreSQL refuses to run as root, so under root the server runs as `nobody` fro
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -177,3 +180,108 @@ def redis_server() -> Iterator[Redis]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class ExportedSpan:
+    """One span as an OTLP receiver got it: its service, ids in hex (as in `traceparent`), name, kind."""
+
+    service: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+
+
+class OtlpReceiver:
+    """The trace side of an OpenTelemetry Collector's OTLP/HTTP receiver, binary protobuf encoding.
+
+    As the specification has it (https://opentelemetry.io/docs/specs/otlp/#otlphttp): a POST of an
+    ExportTraceServiceRequest to /v1/traces with Content-Type application/x-protobuf, optionally gzip
+    (Content-Encoding); the answer is 200 with an ExportTraceServiceResponse in the same encoding. Any
+    other path is 404, another method 405, another content type 415, an undecodable body 400. No
+    collector can be installed here (none in Debian or PyPI), hence this stand-in.
+    """
+
+    def __init__(self) -> None:
+        self.spans: list[ExportedSpan] = []
+        self.rejected: list[int] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> None:
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                if self.path != "/v1/traces":
+                    return self._answer(404)
+                if self.headers.get("Content-Type") != "application/x-protobuf":
+                    return self._answer(415)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = ExportTraceServiceRequest()
+                try:
+                    request.ParseFromString(body)
+                except DecodeError:
+                    return self._answer(400)
+                for resource_spans in request.resource_spans:
+                    attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                    for scope_spans in resource_spans.scope_spans:
+                        for span in scope_spans.spans:
+                            receiver.spans.append(
+                                ExportedSpan(
+                                    attributes.get("service.name", ""),
+                                    span.trace_id.hex(),
+                                    span.span_id.hex(),
+                                    span.parent_span_id.hex(),
+                                    span.name,
+                                    span.kind,
+                                )
+                            )
+                return self._answer(200, ExportTraceServiceResponse().SerializeToString())
+
+            def do_GET(self) -> None:
+                self._answer(405)
+
+            def _answer(self, status: int, body: bytes = b"") -> None:
+                if status != 200:
+                    receiver.rejected.append(status)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
