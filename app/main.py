@@ -53,7 +53,7 @@ class DependencyDown(Exception):
 
 def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     """The app; with `tracing` (app.tracing.start, None when tracing is off) its requests are traced."""
-    metrics = Metrics()
+    metrics = Metrics(settings.git_sha)  # series labelled by revision: `deploy.bake` reads them
     # "seen": the dependencies answered once (readiness, below); "draining": SIGTERM arrived (app.__main__);
     # "inject": adds the trace context to a stream entry (tracing on).
     state: dict[str, Any] = {"started": False, "seen": False, "draining": False, "inject": None}

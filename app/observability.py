@@ -88,7 +88,8 @@ class Metrics:
     objects take one per value: eleven per histogram observation). One registry per app instance.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, git_sha: str = "") -> None:
+        self.git_sha = git_sha  # with a value: a `git_sha` label on the request metrics (the deploy's bake)
         self.serving = 0
         self.counts: dict[tuple[str, str, str], int] = {}
         self.latency: dict[tuple[str, str], list[float]] = {}  # per bucket, +Inf, then sum and count
@@ -106,19 +107,23 @@ class Metrics:
         series[-1] += 1
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("http_requests", "HTTP requests", labels=["method", "route", "status"])
+        sha = ["git_sha"] if self.git_sha else []  # the revision's label, added at scrape time only
+        value_of = [self.git_sha] if self.git_sha else []
+        requests = CounterMetricFamily(
+            "http_requests", "HTTP requests", labels=["method", "route", "status", *sha]
+        )
         for labels, value in self.counts.items():
-            requests.add_metric(list(labels), value)
+            requests.add_metric([*labels, *value_of], value)
         yield requests
         latency = HistogramMetricFamily(
-            "http_request_duration_seconds", "HTTP request latency", labels=["method", "route"]
+            "http_request_duration_seconds", "HTTP request latency", labels=["method", "route", *sha]
         )
         for labels, series in self.latency.items():
             cumulative, buckets = 0.0, []
             for bound, count in zip((*map(str, BUCKETS), "+Inf"), series[: len(BUCKETS) + 1], strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
-            latency.add_metric(list(labels), buckets, series[-2])
+            latency.add_metric([*labels, *value_of], buckets, series[-2])
         yield latency
         yield GaugeMetricFamily("http_requests_in_flight", "HTTP requests being served", value=self.serving)
 

@@ -35,7 +35,8 @@ RESERVED_VARS = {"CONVEYOR_ENV"}  # selects the environment; not a config key
 class Key:
     """One config key: its type, default and a line of help (shown by env.show)."""
 
-    kind: str  # str | url | int | bool | severity | list | map | secrets | target | argv | processes | path
+    kind: str  # str | url | int | fraction (0..1) | bool | severity | list | map | secrets | target | argv
+    # | processes | path
     default: Any = None
     help: str = ""
 
@@ -105,6 +106,15 @@ SCHEMA: dict[str, Key] = {
         "seconds an old instance keeps serving after it left rotation, before SIGTERM "
         "(k8s preStop, ECS deregistration delay; compose: the process, failing readiness, still serves)",
     ),
+    "deploy.bake": Key(
+        "int", 0, "seconds the new revision is watched through Prometheus after the smoke probe; 0: no bake"
+    ),
+    "deploy.bake_prometheus": Key("url", "", "Prometheus base URL the deploying machine reaches (bake)"),
+    "deploy.bake_max_error_rate": Key(
+        "fraction", 0.01, "bake: the new revision's 5xx share of its requests above this rolls back"
+    ),
+    "deploy.bake_max_p95_ms": Key("int", 500, "bake: the new revision's p95 latency above this rolls back"),
+    "deploy.bake_interval": Key("int", 5, "bake: seconds between two Prometheus queries"),
     "compose.project": Key("str", "", "compose project name (default: <project.name>-<env>)"),
     "compose.files": Key("list", (), "compose files, from the project root"),
     "ecs.cluster": Key("str", "", "ECS cluster name"),
@@ -252,6 +262,11 @@ class DeploySettings:
     keep_revisions: int
     shutdown_timeout: int = 20  # SIGTERM -> exit, for in-flight work
     drain_seconds: int = 3  # out of rotation -> SIGTERM
+    bake: int = 0  # seconds the new revision is watched through Prometheus; 0: off
+    bake_prometheus: str = ""
+    bake_max_error_rate: float = 0.01
+    bake_max_p95_ms: int = 500
+    bake_interval: int = 5
 
 
 @dataclass(frozen=True)
@@ -496,6 +511,7 @@ INT_MINIMUM = {
     "deploy.lock_ttl": 1,
     "deploy.keep_revisions": 1,
     "k8s.progress_deadline": 1,
+    "deploy.bake_interval": 1,
 }
 
 
@@ -534,6 +550,14 @@ def _coerce(key: str, val: Any, where: str, at: Callable[[str], str] | None = No
         if number < least:
             raise ConfigError(f"{where}: `{key}` must be {least} or more, got {number}")
         return number
+    if kind == "fraction":
+        try:
+            number_f = float(val) if not isinstance(val, bool) else None
+        except (TypeError, ValueError):
+            number_f = None
+        if number_f is None or not 0 <= number_f <= 1:
+            raise ConfigError(f"{where}: `{key}` must be a fraction from 0 to 1 (0.01 is 1%), got {val!r}")
+        return number_f
     if kind == "bool":
         if isinstance(val, bool) or val in (0, 1):
             return bool(val)
@@ -678,6 +702,11 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
             get("deploy.keep_revisions"),
             get("deploy.shutdown_timeout"),
             get("deploy.drain_seconds"),
+            get("deploy.bake"),
+            get("deploy.bake_prometheus"),
+            get("deploy.bake_max_error_rate"),
+            get("deploy.bake_max_p95_ms"),
+            get("deploy.bake_interval"),
         ),
         compose=ComposeTarget(get("compose.project") or f"{project}-{name}", tuple(get("compose.files"))),
         ecs=EcsTarget(
@@ -732,6 +761,16 @@ def _build(root: Path, name: str, layers: Mapping[str, Value], dotenv: Mapping[s
         raise ConfigError(
             f"{where}: `ecs.services` names unknown process `{sorted(unknown)[0]}` "
             f"(processes: {', '.join(app.names())})"
+        )
+    if get("deploy.bake") and not get("deploy.bake_prometheus"):
+        raise ConfigError(
+            f"{layers['deploy.bake'].source}: `deploy.bake` is {get('deploy.bake')}s but "
+            "`deploy.bake_prometheus` is not set (the Prometheus URL the bake queries)"
+        )
+    if get("deploy.bake") and app.web is None:
+        raise ConfigError(
+            f"{layers['deploy.bake'].source}: `deploy.bake` watches HTTP request metrics, but no process "
+            "serves HTTP (`processes.<name>.port`)"
         )
     security = SecuritySpec(get("security.paths"), get("security.lock_files"))
     ci = CiSpec(

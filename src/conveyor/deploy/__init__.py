@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from conveyor.config import ENV_DIR, Config
+from conveyor.deploy.bake import Bake
 from conveyor.deploy.journal import FileJournal, JournalStore
 from conveyor.deploy.model import Deployer, Lock, Release, Target
 from conveyor.errors import ConfigError, ConveyorError
@@ -146,4 +147,5 @@ def deployer_for(cfg: Config, runner: Runner, image: str) -> Deployer:
         lock_ttl=cfg.env.deploy.lock_ttl,
         contract=cfg.app,
         url=cfg.env.url,
+        bake=Bake.from_settings(cfg.env.deploy),
     )

@@ -3,7 +3,7 @@
 acquire lock -> resolve release -> plan -> [--dry: print plan, stop] -> release command (migrations)
 -> apply (every process) -> wait until the NEW revision of every process runs and is healthy
 -> smoke probe (the app contract's version route reports our sha, or its health route answers)
--> record -> release lock
+-> bake (optional: the new revision's error rate and p95 through Prometheus) -> record -> release lock
 on failure after apply: roll back to the previous revision -> verify it -> record both -> exit 1
 """
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from conveyor.config import AppContract
+from conveyor.deploy.bake import Bake, Report
 from conveyor.errors import ConfigError, ConveyorError, UsageError
 from conveyor.http import get_json, get_ok
 from conveyor.runner import Runner
@@ -184,6 +185,7 @@ class Deployer:
     health: Callable[[str], None] = http_health
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    bake: Bake | None = None  # `deploy.bake`: watch the new revision after the smoke probe
     _outage: str = field(default="", init=False, repr=False)  # what the rollback knows of an engine outage
 
     def deploy(self, release: Release, *, dry: bool = False, action: str = "deploy") -> Plan:
@@ -195,6 +197,7 @@ class Deployer:
             plan = self.target.plan(release)
             for line in plan.render():
                 say(line)
+            self._show_bake(release, action)
             if plan.preview:
                 say(plan.preview.rstrip("\n"))
             say("[dry] stopping after the plan: nothing was changed")
@@ -226,6 +229,7 @@ class Deployer:
                 plan = self.target.plan(release)
                 for line in plan.render():
                     self.runner.say(line)
+                self._show_bake(release, action)
         except (ConfigError, UsageError):
             raise  # bad input found by the plan: refused with no side effect, no journal entry either
         except (Exception, KeyboardInterrupt) as exc:  # nothing changed yet; still journaled
@@ -263,6 +267,8 @@ class Deployer:
                 self.target.wait(plan, release, deadline)
             failed_at = "smoke probe"
             self.verify(release.git_sha, deadline)
+            failed_at = "bake"
+            self._bake(plan, action, entry)
         except (Exception, KeyboardInterrupt) as exc:  # whatever failed, the journal hears of it
             reason = describe(exc)
             self._record(entry, _result(exc), start, f"{failed_at}: {reason}")
@@ -298,6 +304,32 @@ class Deployer:
         url = self.url.rstrip("/") + route
         with self.runner.step(f"smoke probe {url}"):
             self._poll(url, web.version_field if web.version else "", git_sha, deadline)
+
+    def _show_bake(self, release: Release, action: str) -> None:
+        """The plan's bake lines (a rollback to a known revision is not baked)."""
+        if self.bake is None:
+            return
+        if action == "rollback":
+            self.runner.say("  bake        : none for a rollback (the revision served before)")
+            return
+        for line in self.bake.describe(release.git_sha):
+            self.runner.say(line)
+
+    def _bake(self, plan: Plan, action: str, entry: dict[str, object]) -> None:
+        """Watch the new revision through Prometheus; what was measured goes into the journal entry,
+        passed or failed. A BakeFailed is handled like a failed smoke probe (rolled back, verified)."""
+        if self.bake is None or action == "rollback":
+            return
+        if not plan.changes:  # the revision was already serving: nothing new to watch, nothing to roll back
+            self.runner.say("bake: skipped, the release was already serving")
+            return
+        git_sha = plan.release.git_sha
+        report = Report()
+        try:
+            with self.runner.step(f"bake {git_sha[:12]} for {self.bake.seconds}s"):
+                self.bake.run(git_sha, report, say=self.runner.say, clock=self.clock, sleep=self.sleep)
+        finally:
+            entry["bake"] = report.measured()
 
     def _poll(self, url: str, field: str, git_sha: str, deadline: float) -> None:
         last = ""
