@@ -58,7 +58,9 @@ Jobs (https://kubernetes.io/docs/concepts/workloads/controllers/job/)
 - `kubectl logs job/NAME --tail N`: the last N lines of its pod; a pod that never started answers as
   kubectl does (waiting to start): https://kubernetes.io/docs/reference/kubectl/generated/kubectl_logs/
 
-Errors read as kubectl's. Rendering is NOT faked: `kustomize` runs the real `kubectl kustomize`.
+Errors read as kubectl's. Rendering is NOT faked: `kustomize` runs the real `kubectl kustomize`; a render of
+exactly the same files as an earlier one (same relative path, same names and bytes of every file of the
+test's project) reuses that render's output, since kustomize's output is a function of those files alone.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ import copy
 import hashlib
 import json
 import subprocess
+import tempfile
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -76,8 +79,10 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
+from conveyor.deploy.k8s.render import schema_validate
 from conveyor.deploy.model import RolloutFailed
 from conveyor.errors import ConfigError, ConveyorError
+from conveyor.runner import Runner
 
 K8S_VERSION = "1.32.0"
 REVISION = "deployment.kubernetes.io/revision"
@@ -94,6 +99,37 @@ PLURAL = {"replicasets": "replicaset", "configmaps": "configmap", "secrets": "se
           "deployments": "deployment", "leases": "lease", "hpa": "horizontalpodautoscaler"}  # fmt: skip
 HPA_MANAGER = "kube-controller-manager"
 FAILED_LOG = 'applying migration 0002_notes_index\nERROR: relation "notes_idx" already exists'
+_RENDERS: dict[str, str] = {}  # content key -> `kubectl kustomize` output (successful renders only)
+
+
+def _render_key(path: Path) -> str | None:
+    """A digest of ``path`` relative to its test project and every file of that project (the nearest
+    folder holding invoke.yaml, inside the temp dir where tests make projects); None: not cacheable."""
+    path = path.resolve()
+    tmp = Path(tempfile.gettempdir()).resolve()
+    root = next((d for d in (path, *path.parents) if (d / "invoke.yaml").is_file()), None)
+    if root is None or root == tmp or not root.is_relative_to(tmp):
+        return None
+    digest = hashlib.sha256(str(path.relative_to(root)).encode() + b"\0")
+    for file in sorted(f for f in root.rglob("*") if f.is_file()):
+        digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+_VERDICTS: dict[str, str] = {}  # manifest stream -> "" (valid) or the ConfigError message
+
+
+def schema_validate_once(runner: Runner, manifests: str) -> None:
+    """conveyor's schema_validate (kubernetes-validate --strict), run once per distinct stream: the same
+    stream always gets the same verdict, so a repeat gets the recorded one, error message included."""
+    if manifests not in _VERDICTS:
+        try:
+            schema_validate(runner, manifests)
+            _VERDICTS[manifests] = ""
+        except ConfigError as exc:
+            _VERDICTS[manifests] = str(exc)
+    if _VERDICTS[manifests]:
+        raise ConfigError(_VERDICTS[manifests])
 
 
 class _Clock:
@@ -199,9 +235,14 @@ class FakeKube:
         return self.context
 
     def kustomize(self, path: Path) -> str:
+        key = _render_key(Path(path))
+        if key is not None and key in _RENDERS:
+            return _RENDERS[key]
         out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise ConfigError(f"kustomize {path}: {out.stderr.strip().splitlines()[-1]}")
+        if key is not None:
+            _RENDERS[key] = out.stdout
         return out.stdout
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:

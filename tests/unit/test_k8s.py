@@ -33,7 +33,7 @@ from conveyor.errors import ConfigError, ConveyorError
 from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
 from tests.conftest import REPO, Clock, Project, engine_missing
-from tests.k8s_fake import FOREIGN, FakeKube
+from tests.k8s_fake import FOREIGN, FakeKube, schema_validate_once
 
 NS = "shop-production"
 OLD = Release("registry.example.com/shop/shop@sha256:" + "1" * 64, "a" * 40)
@@ -193,8 +193,9 @@ def make(
     runner = Runner(out=out)
     resolver = SecretResolver(runner.redact, environ=cfg.dotenv, root=cfg.root)
     target = K8sDeployTarget(
-        runner, kube, cfg, deployer="tester", resolver=resolver, sleep=clock.sleep, clock=clock
-    )
+        runner, kube, cfg, deployer="tester", resolver=resolver, sleep=clock.sleep, clock=clock,
+        validate=schema_validate_once,
+    )  # fmt: skip
     deployer = Deployer(
         target=target, runner=runner, journal=FileJournal(project.root, "production"), env="production",
         timeout=cfg.env.deploy.timeout, lock_ttl=600, contract=cfg.app, url=cfg.env.url,

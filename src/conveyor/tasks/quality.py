@@ -29,21 +29,49 @@ def typecheck(c: Context) -> None:
 
 
 @task(
-    help={"python": "one Python version (e.g. 3.12) instead of the whole matrix", "pytest": "args for pytest"}
+    help={
+        "python": "one Python version (e.g. 3.12) instead of the whole matrix",
+        "pytest": "args for pytest",
+        "jobs": "matrix sessions run side by side (0: one per core, at least 2); 1: one after another",
+    }
 )
-def test(c: Context, python: str = "", pytest: str = "") -> None:
-    """Run the tests on every declared Python (nox -s tests)."""
-    if python:
-        from conveyor.config import declared_pythons, read_pyproject
-        from conveyor.errors import UsageError
+def test(c: Context, python: str = "", pytest: str = "", jobs: int = 0) -> None:
+    """Run the tests on every declared Python, side by side, with one summary (nox -s tests-3.X)."""
+    import shlex
 
-        matrix = declared_pythons(read_pyproject(project_root()))
+    from conveyor.config import declared_pythons, read_pyproject
+    from conveyor.errors import UsageError
+
+    if jobs < 0:
+        raise UsageError(f"--jobs {jobs}: expected 1 or more sessions at once (0: one per core, at least 2)")
+    root = project_root()
+    matrix = declared_pythons(read_pyproject(root))
+    if python:
         if matrix and python not in matrix:
             raise UsageError(
                 f"--python {python}: not in the test matrix ({', '.join(matrix)}, from the "
                 "`Programming Language :: Python :: 3.X` classifiers of pyproject.toml)"
             )
-    _nox(c, f"tests-{python}" if python else "tests", pytest)
+        _nox(c, f"tests-{python}", pytest)
+        return
+    if not matrix:  # no classifiers: the noxfile's own `tests` session decides
+        _nox(c, "tests", pytest)
+        return
+    import os
+
+    from conveyor import matrix as mx
+
+    runner = make_runner(c)
+    results = mx.run_matrix(
+        runner, root, matrix, shlex.split(pytest), jobs=jobs or max(2, os.cpu_count() or 1)
+    )
+    if not results:  # --dry
+        return
+    for failed in (r for r in results if not r.ok):
+        runner.say(f"---- {failed.log.relative_to(root)} ----")
+        runner.out.write(failed.log.read_text(encoding="utf-8", errors="replace"))
+    runner.say(mx.summary(results, root))
+    mx.check(results, root)
 
 
 @task(help={"allow_unverified": "pass when a scanner could not verify (pip-audit service unreachable)"})
