@@ -17,13 +17,12 @@ from typing import Any
 
 import yaml
 
-from conveyor.config import SHUTDOWN_VAR, AppContract, Config
+from conveyor.config import DRAIN_VAR, SHUTDOWN_VAR, AppContract, Config
 from conveyor.errors import CommandFailed, ConfigError, ConveyorError
 from conveyor.runner import Runner
 from conveyor.secrets import SecretResolver
 
 LABEL_SHA, LABEL_IMAGE, LABEL_PROCESS = "dev.conveyor.git-sha", "dev.conveyor.image", "dev.conveyor.process"
-DRAIN_VAR = "CONVEYOR_DRAIN_SECONDS"  # compose only: no orchestrator takes the instance out of rotation
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,10 @@ TARGETS = ("compose", "ecs", "k8s")
 ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 ENV_PREFIX = "CONVEYOR_"
 SHUTDOWN_VAR = "CONVEYOR_SHUTDOWN_TIMEOUT"  # deploy.shutdown_timeout, given to every process
-RESERVED_VARS = {"CONVEYOR_ENV"}  # selects the environment; not a config key
+DRAIN_VAR = "CONVEYOR_DRAIN_SECONDS"  # compose only: no orchestrator takes the instance out of rotation
+# Not config keys: the environment selector, what the kit hands to every process (shutdown and drain
+# budgets, so a kit running inside an app container still loads), and the noxfile's install switch.
+RESERVED_VARS = {"CONVEYOR_ENV", SHUTDOWN_VAR, DRAIN_VAR, "CONVEYOR_NOX_INSTALL"}
 
 
 @dataclass(frozen=True)

@@ -330,3 +330,12 @@ def test_the_readme_key_table_is_the_schema() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     block = readme.split("<!-- keys:start -->\n", 1)[1].split("<!-- keys:end -->", 1)[0]
     assert block == config.schema_table(), "README key table drifted: paste `invoke env.keys` into it"
+
+
+def test_the_variables_the_kit_hands_to_processes_are_not_read_as_settings(project: Project) -> None:
+    """A kit running where its own shutdown/drain variables are set (inside an app container) still loads."""
+    environ = {config.SHUTDOWN_VAR: "99", config.DRAIN_VAR: "3", "CONVEYOR_NOX_INSTALL": "always"}
+    cfg = load(project, environ=environ)
+    assert cfg.env.deploy.shutdown_timeout == config.SCHEMA["deploy.shutdown_timeout"].default
+    with pytest.raises(ConfigError, match="CONVEYOR_SHUTDOWN_TIMEOUTS: unknown setting"):
+        load(project, environ={"CONVEYOR_SHUTDOWN_TIMEOUTS": "20"})
