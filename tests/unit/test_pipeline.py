@@ -164,6 +164,7 @@ def test_repo_gitlab_images_come_from_variables_with_public_defaults() -> None:
         "lint": "$CONVEYOR_CI__GITLAB_IMAGE",
         "typecheck": "$CONVEYOR_CI__GITLAB_IMAGE",
         "tests": "$CONVEYOR_CI__GITLAB_PYTHON_IMAGE:$PYTHON",
+        "rules": "$CONVEYOR_CI__GITLAB_IMAGE",
         "security": "$CONVEYOR_CI__GITLAB_IMAGE",
         "build": "$CONVEYOR_CI__GITLAB_DOCKER_IMAGE",
         "deploy-staging": "$CONVEYOR_CI__GITLAB_IMAGE",
@@ -439,7 +440,7 @@ def test_skips_cascade_whatever_the_definition_order(tmp_path: Path) -> None:
 def test_select_leaves_deploys_out_unless_asked() -> None:
     pipe = pipeline.load(REPO / pipeline.PIPELINE_FILE, task_names())
     names = [s.name for s in pipeline.select(pipe, only=[], skip=["security"], with_deploy=False)]
-    assert names == ["lint", "typecheck", "tests", "build"]
+    assert names == ["lint", "typecheck", "tests", "rules", "build"]
     with pytest.raises(ConfigError, match="unknown stage `lnt`"):
         pipeline.select(pipe, only=["lnt"], skip=[], with_deploy=False)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from invoke.collection import Collection
 
-from conveyor.tasks import ci, deploy, doctor, env, image, infra, quality, stack
+from conveyor.tasks import ci, deploy, doctor, env, image, infra, logs, quality, stack
 
 
 def namespace() -> Collection:
@@ -17,13 +17,14 @@ def namespace() -> Collection:
     verbs = (
         quality.lint,
         quality.typecheck,
+        quality.rules,
         quality.test,
         quality.security,
         image.build,
         stack.up,
         stack.down,
         stack.ps,
-        stack.logs,
+        logs.logs,
         stack.exec_,
         deploy.deploy,
         deploy.plan,

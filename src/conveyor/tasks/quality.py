@@ -28,6 +28,12 @@ def typecheck(c: Context) -> None:
     _nox(c, "typecheck")
 
 
+@task
+def rules(c: Context) -> None:
+    """Check the Prometheus rules and run their promtool unit tests (nox -s rules)."""
+    _nox(c, "rules")
+
+
 @task(
     help={
         "python": "one Python version (e.g. 3.12) instead of the whole matrix",

@@ -1,4 +1,4 @@
-"""up, down, ps, logs, exec: an environment's compose stack with the right project name and files."""
+"""up, down, ps, exec: an environment's compose stack with the right project name and files."""
 
 from __future__ import annotations
 
@@ -75,18 +75,6 @@ def ps(c: Context, env: str = "") -> None:
 
     runner, stack, _ = _stack(c, env, need_image=False)
     compose.run(runner, stack, "ps", "--all", mutates=False)
-
-
-@task(help={**ENV_HELP, "service": "one service (default: all)", "follow": "keep streaming", "tail": "lines"})
-def logs(c: Context, env: str = "", service: str = "", follow: bool = False, tail: int = 100) -> None:
-    """Show the environment's logs (one service or all)."""
-    from conveyor import compose
-
-    runner, stack, _ = _stack(c, env, need_image=False)
-    if service:
-        _known_service(runner, stack, service)
-    args = ["logs", "--tail", str(tail), *(["--follow"] if follow else []), *([service] if service else [])]
-    compose.run(runner, stack, *args, mutates=False)
 
 
 @task(name="exec", help={**ENV_HELP, "service": "service to run in", "cmd": "command line to run"})

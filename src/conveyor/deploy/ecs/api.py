@@ -158,6 +158,32 @@ class EcsApi:
             raise
         return [str(e.get("message", "")).rstrip("\n") for e in out.get("events") or []]
 
+    def log_events(self, group: str, stream_prefix: str, start_ms: int | None) -> list[dict[str, Any]]:
+        """FilterLogEvents of ``group``, streams named ``stream_prefix``..., from ``start_ms``: every page
+        ([] when the group is absent). Streams are also checked here: moto ignores logStreamNamePrefix."""
+        events: list[dict[str, Any]] = []
+        args: dict[str, Any] = {"logGroupName": group}
+        if stream_prefix:
+            args["logStreamNamePrefix"] = stream_prefix
+        if start_ms is not None:
+            args["startTime"] = start_ms
+        while True:
+            try:
+                out = self._call("logs", "filter_log_events", **args)
+            except AwsError as exc:
+                if "ResourceNotFoundException" in str(exc):
+                    return events
+                raise
+            events += [
+                dict(e)
+                for e in out.get("events") or []
+                if str(e.get("logStreamName", "")).startswith(stream_prefix)
+            ]
+            token = out.get("nextToken")
+            if not token or token == args.get("nextToken"):
+                return events
+            args["nextToken"] = token
+
     # -- account, secrets, parameters ------------------------------------------------------------------
 
     def secret_arn(self, secret_id: str) -> str:
