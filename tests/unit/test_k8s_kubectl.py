@@ -14,8 +14,6 @@ import io
 import json
 import shutil
 import subprocess
-from collections import deque
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,10 @@ import pytest
 
 from conveyor.deploy.k8s import KubeCtl
 from conveyor.deploy.model import RolloutFailed
-from conveyor.errors import CommandFailed, ConfigError, ConveyorError
-from conveyor.runner import Result, Runner
+from conveyor.errors import ConfigError, ConveyorError
+from conveyor.runner import Runner
 from tests.conftest import engine_missing
+from tests.recording import Recorder
 
 DIGEST = "registry.example.com/shop/shop@sha256:" + "1" * 64
 
@@ -34,40 +33,6 @@ DIGEST = "registry.example.com/shop/shop@sha256:" + "1" * 64
 def kubectl() -> None:
     if shutil.which("kubectl") is None:
         engine_missing("kubectl not installed (`conveyor setup` installs it)")
-
-
-class Recorder(Runner):
-    """A Runner that records argv and stdin and answers from a script of (exit code, stdout, stderr)."""
-
-    def __init__(self, *replies: tuple[int, str, str], dry: bool = False) -> None:
-        super().__init__(out=io.StringIO(), dry=dry)
-        self.replies = deque(replies)
-        self.argv: list[list[str]] = []
-        self.stdin: list[str | None] = []
-
-    def run(  # type: ignore[override]
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: Any = None,
-        capture: bool = False,
-        check: bool = True,
-        input: str | None = None,
-        mutates: bool = True,
-        timeout: float | None = None,
-    ) -> Result:
-        args = [str(a) for a in argv]
-        if self.dry and mutates:
-            self.say(f"[dry] {' '.join(args)}")
-            return Result(tuple(args), 0)
-        self.argv.append(args)
-        self.stdin.append(input)
-        code, out, err = self.replies.popleft()
-        if check and code:
-            tail = (err or out).strip().splitlines()
-            raise CommandFailed(args, code, tail[-1] if tail else "")
-        return Result(tuple(args), code, out, err)
 
 
 def kubectl_json(*args: str) -> dict[str, Any]:

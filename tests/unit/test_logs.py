@@ -11,12 +11,10 @@ timestamp, whose trailing zeros are trimmed; CloudWatch events are FilterLogEven
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import stat
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,11 @@ import pytest
 
 from conveyor import config
 from conveyor import logs as core
-from conveyor.errors import CommandFailed, ConveyorError, UsageError
+from conveyor.errors import ConveyorError, UsageError
 from conveyor.logs import LogLine
 from conveyor.runner import Result, Runner
 from tests.conftest import REPO, Project, engine_missing
+from tests.recording import Recorder
 
 UTC = timezone.utc
 T0 = datetime(2026, 11, 28, 8, 0, 15, tzinfo=UTC)
@@ -47,37 +46,6 @@ KUBECTL_OUT = (
     "[pod/web-7d9f8b6c5d-k4k2p/web] 2026-11-28T08:00:14.999999999Z GET /health 200\n"
     "error: container \"web\" in pod \"web-7d9f8b6c5d-new00\" is waiting to start: ContainerCreating\n"
 )  # fmt: skip
-
-
-class Recorder(Runner):
-    """A Runner that records every argv and answers from a script of (exit code, stdout)."""
-
-    def __init__(self, *replies: tuple[int, str]) -> None:
-        super().__init__(out=io.StringIO())
-        self.replies = deque(replies)
-        self.argv: list[list[str]] = []
-        self.stdin: list[str | None] = []
-
-    def run(  # type: ignore[override]
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: Any = None,
-        capture: bool = False,
-        check: bool = True,
-        input: str | None = None,
-        mutates: bool = True,
-        timeout: float | None = None,
-    ) -> Result:
-        args = [str(a) for a in argv]
-        assert not mutates, f"reading logs changed something: {args}"
-        self.argv.append(args)
-        self.stdin.append(input)
-        code, out = self.replies.popleft()
-        if check and code:
-            raise CommandFailed(args, code, out.strip().splitlines()[-1] if out.strip() else "")
-        return Result(tuple(args), code, out)
 
 
 def at(seconds: float) -> datetime:
@@ -323,7 +291,7 @@ def compose_project(root: Path) -> config.Config:
 
 def test_compose_reads_the_processes_services_with_timestamps(tmp_path: Path) -> None:
     cfg = compose_project(tmp_path)
-    runner = Recorder((0, COMPOSE_OUT))
+    runner = Recorder((0, COMPOSE_OUT), read_only=True)
     req = core.request(cfg.app, "compose", since="10m", tail=50)
     source = core.source_for(cfg, runner, req)
     lines = source.read(at(-600), 50)
@@ -338,7 +306,9 @@ def test_compose_reads_the_processes_services_with_timestamps(tmp_path: Path) ->
 
 def test_compose_service_flag_reads_a_non_process_service(tmp_path: Path) -> None:
     cfg = compose_project(tmp_path)
-    runner = Recorder((0, "db\nweb\nworker\n"), (0, "db-1  | 2026-11-28T08:00:15.000000000Z ready\n"))
+    runner = Recorder(
+        (0, "db\nweb\nworker\n"), (0, "db-1  | 2026-11-28T08:00:15.000000000Z ready\n"), read_only=True
+    )
     source = core.source_for(cfg, runner, core.request(cfg.app, "compose", service="db"))
     assert source.read(None, 10) == [LogLine(T0, "db", "db-1", "ready")]
     assert runner.argv[1][-3:] == ["--tail", "10", "db"]
@@ -376,7 +346,7 @@ def test_kubectl_logs_by_the_deployments_selector_per_process() -> None:
 
 def test_kubectl_every_line_when_no_tail_and_its_failure_is_one_line() -> None:
     source = core.KubeLogs(
-        Recorder((1, "error: You must be logged in to the server (Unauthorized)\n")),
+        Recorder((1, "error: You must be logged in to the server (Unauthorized)\n"), read_only=True),
         "ns",
         "prod",
         [core.Workload("web", "web", "app=web", "web")],
