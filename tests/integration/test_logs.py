@@ -23,9 +23,11 @@ import yaml
 
 from conveyor import config
 from conveyor.aws import AwsClients
-from tests.conftest import Project, engine_missing
+from tests.conftest import Project
+from tests.integration.test_ecs import REGION, moto_endpoint
 
-REGION = "eu-west-1"
+__all__ = ["moto_endpoint"]  # the fixture
+
 LINE = re.compile(r"(?P<ts>\S+Z) (?P<source>\S+)\s+\| (?P<text>.*)")
 INVOKE_YAML = """
 conveyor:
@@ -191,21 +193,6 @@ def test_compose_follow_shows_new_lines_once_until_interrupted(stack: ComposeEnv
 
 
 # --- ECS: CloudWatch Logs on moto ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as exc:
-        engine_missing(f"moto server not installed ({exc}): pip install 'moto[server]'")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 CREDENTIALS = {
