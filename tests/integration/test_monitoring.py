@@ -145,11 +145,24 @@ def test_prometheus_scrapes_both_processes_loads_the_rules_and_an_alert_reaches_
 
     until("Prometheus reports the web and worker targets up", targets, 60)
 
-    groups = get_json(stack.url("PROMETHEUS_PORT", "/api/v1/rules"))["data"]["groups"]
+    def evaluated() -> tuple[bool, list[dict[str, Any]]]:
+        """Every rule has been evaluated once: a rule's health is "unknown" until its group's first run."""
+        url = stack.url("PROMETHEUS_PORT", "/api/v1/rules")
+        groups: list[dict[str, Any]] = get_json(url)["data"]["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        return bool(rules) and all(rule["health"] != "unknown" for rule in rules), groups
+
+    groups = until("Prometheus has evaluated every rule once", evaluated, 60)
     loaded = {rule["name"] for group in groups for rule in group["rules"]}
     assert {"ServiceDown", "HighErrorRate", "HighLatencyP95", "WorkerBacklog", "Saturation"} <= loaded
     assert "job:http_requests_5xx:ratio_rate5m" in loaded
-    assert all(rule["health"] == "ok" for group in groups for rule in group["rules"]), groups
+    unhealthy = [
+        (rule["name"], rule["health"], rule.get("lastError", ""))
+        for group in groups
+        for rule in group["rules"]
+        if rule["health"] != "ok"
+    ]
+    assert not unhealthy, unhealthy
     # The worker's own metric is scraped: the backlog the WorkerBacklog rule reads.
     backlog = get_json(stack.url("PROMETHEUS_PORT", "/api/v1/query?query=worker_backlog"))["data"]["result"]
     assert backlog
