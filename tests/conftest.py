@@ -15,6 +15,12 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """tests/shims first on PATH: deterministic slow tools whose answers are kept (tests/tool_cache.py)."""
+    shims = str(REPO / "tests" / "shims")
+    os.environ["PATH"] = os.pathsep.join([shims, *os.environ.get("PATH", "").split(os.pathsep)])
+
+
 def engine_missing(reason: str) -> None:
     """A missing engine is a loud skip locally and a failure under CI=true."""
     if IN_CI:

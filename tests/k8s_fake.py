@@ -60,14 +60,17 @@ Jobs (https://kubernetes.io/docs/concepts/workloads/controllers/job/)
 
 Errors read as kubectl's. Rendering is NOT faked: `kustomize` runs the real `kubectl kustomize`; a render of
 exactly the same files as an earlier one (same relative path, same names and bytes of every file of the
-test's project) reuses that render's output, since kustomize's output is a function of those files alone.
+test's project) with the same kubectl reuses that render's output, since kustomize's output is a function
+of those files alone; renders and schema verdicts are kept on disk for every session (tests/tool_cache.py).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import functools
 import hashlib
+import importlib.metadata
 import json
 import subprocess
 import tempfile
@@ -77,12 +80,12 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-import yaml
 
-from conveyor.deploy.k8s.render import schema_validate
+from conveyor.deploy.k8s.render import parse, schema_validate
 from conveyor.deploy.model import RolloutFailed
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.runner import Runner
+from tests.tool_cache import memo
 
 K8S_VERSION = "1.32.0"
 REVISION = "deployment.kubernetes.io/revision"
@@ -99,12 +102,13 @@ PLURAL = {"replicasets": "replicaset", "configmaps": "configmap", "secrets": "se
           "deployments": "deployment", "leases": "lease", "hpa": "horizontalpodautoscaler"}  # fmt: skip
 HPA_MANAGER = "kube-controller-manager"
 FAILED_LOG = 'applying migration 0002_notes_index\nERROR: relation "notes_idx" already exists'
-_RENDERS: dict[str, str] = {}  # content key -> `kubectl kustomize` output (successful renders only)
 
 
-def _render_key(path: Path) -> str | None:
+def _render_key(path: Path) -> bytes | None:
     """A digest of ``path`` relative to its test project and every file of that project (the nearest
-    folder holding invoke.yaml, inside the temp dir where tests make projects); None: not cacheable."""
+    folder holding invoke.yaml, inside the temp dir where tests make projects) but conveyor's own state in
+    .conveyor/ (the deploy history and locks: timestamps, never named by a kustomization); None: not
+    cacheable."""
     path = path.resolve()
     tmp = Path(tempfile.gettempdir()).resolve()
     root = next((d for d in (path, *path.parents) if (d / "invoke.yaml").is_file()), None)
@@ -112,24 +116,50 @@ def _render_key(path: Path) -> str | None:
         return None
     digest = hashlib.sha256(str(path.relative_to(root)).encode() + b"\0")
     for file in sorted(f for f in root.rglob("*") if f.is_file()):
+        if file.relative_to(root).parts[0] == ".conveyor":
+            continue
         digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-_VERDICTS: dict[str, str] = {}  # manifest stream -> "" (valid) or the ConfigError message
+    return digest.digest()
 
 
 def schema_validate_once(runner: Runner, manifests: str) -> None:
-    """conveyor's schema_validate (kubernetes-validate --strict), run once per distinct stream: the same
-    stream always gets the same verdict, so a repeat gets the recorded one, error message included."""
-    if manifests not in _VERDICTS:
+    """conveyor's schema_validate (kubernetes-validate --strict), run once per distinct stream and version
+    of kubernetes-validate: a repeat gets the recorded verdict, error message included."""
+
+    def verdict() -> str:
         try:
             schema_validate(runner, manifests)
-            _VERDICTS[manifests] = ""
         except ConfigError as exc:
-            _VERDICTS[manifests] = str(exc)
-    if _VERDICTS[manifests]:
-        raise ConfigError(_VERDICTS[manifests])
+            return str(exc)
+        return ""
+
+    identity = "kubernetes-validate " + importlib.metadata.version("kubernetes-validate")
+    message = memo("kubernetes-validate", identity, manifests.encode(), verdict)
+    if message:
+        raise ConfigError(message)
+
+
+_NO_SCHEMA = "\0no schema"
+
+
+@functools.cache
+def _schema_problem(stored: str) -> str:
+    """kubernetes-validate's verdict on one object (as JSON): "" valid, _NO_SCHEMA for an unknown kind, else
+    the first line of the error. Cached: the library reads its schema files again on every call."""
+    try:
+        kubernetes_validate.validate(json.loads(stored), K8S_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        return _NO_SCHEMA
+    except kubernetes_validate.ValidationError as exc:
+        return str(exc).splitlines()[0]
+    return ""
+
+
+@functools.cache
+def _kubectl_version() -> str:
+    """`kubectl version --client` (kubectl's and its kustomize's versions): what a render depends on."""
+    out = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True, check=True)
+    return out.stdout
 
 
 class _Clock:
@@ -235,15 +265,15 @@ class FakeKube:
         return self.context
 
     def kustomize(self, path: Path) -> str:
+        def render() -> str:
+            argv = ["kubectl", "kustomize", str(path)]
+            out = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise ConfigError(f"kustomize {path}: {out.stderr.strip().splitlines()[-1]}")
+            return out.stdout
+
         key = _render_key(Path(path))
-        if key is not None and key in _RENDERS:
-            return _RENDERS[key]
-        out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise ConfigError(f"kustomize {path}: {out.stderr.strip().splitlines()[-1]}")
-        if key is not None:
-            _RENDERS[key] = out.stdout
-        return out.stdout
+        return render() if key is None else memo("kustomize", _kubectl_version(), key, render)
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         self.calls.append(f"get {kind}/{name}")
@@ -331,7 +361,7 @@ class FakeKube:
 
     @staticmethod
     def _parse(manifests: str) -> list[dict[str, Any]]:
-        return [o for o in yaml.safe_load_all(manifests) if o]
+        return parse(manifests)
 
     def apply(self, manifests: str, field_manager: str = "conveyor") -> None:
         """Like `kubectl apply --server-side -f -`: each object on its own; the errors reported at the end."""
@@ -354,18 +384,17 @@ class FakeKube:
             raise ConveyorError("error: resource name may not be empty")
         live = self.objects.get((_resource(kind), str(name))) if kind.lower() in KINDS else None
         stored = _merge(live, obj) if live is not None and _partial(obj) else obj
-        try:
-            kubernetes_validate.validate(stored, K8S_VERSION, strict=True)
-        except kubernetes_validate.SchemaNotFoundError:
+        problem = _schema_problem(json.dumps(stored, sort_keys=True))
+        if problem == _NO_SCHEMA:
             raise ConveyorError(
                 f'error: resource mapping not found for name: "{name}" namespace: "" from "STDIN": '
                 f'no matches for kind "{kind}" in version "{obj.get("apiVersion")}"'
-            ) from None
-        except kubernetes_validate.ValidationError as exc:
+            )
+        if problem:
             raise ConveyorError(
                 f'Error from server (BadRequest): error when {verb} "STDIN": {kind} in version '
-                f'"{obj.get("apiVersion")}" cannot be handled as a {kind}: {str(exc).splitlines()[0]}'
-            ) from None
+                f'"{obj.get("apiVersion")}" cannot be handled as a {kind}: {problem}'
+            )
         ns = meta.get("namespace", self.namespace)
         if ns != self.namespace:
             raise ConveyorError(

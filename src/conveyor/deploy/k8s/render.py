@@ -73,8 +73,18 @@ class Workload:
     index: int
 
 
+# libyaml's parser and emitter when PyYAML has them (its wheels do): rendered streams are large, and the
+# pure-Python ones were a third of a deploy's CPU time. Same YAML either way.
+_LOADER = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
+_DUMPER = yaml.CSafeDumper if yaml.__with_libyaml__ else yaml.SafeDumper
+
+
 def parse(stream: str) -> list[dict[str, Any]]:
-    return [obj for obj in yaml.safe_load_all(stream) if obj]
+    return [obj for obj in yaml.load_all(stream, Loader=_LOADER) if obj]
+
+
+def dump_all(objects: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(objects, Dumper=_DUMPER, sort_keys=False)
 
 
 def image_name(ref: str) -> str:

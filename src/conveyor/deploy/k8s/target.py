@@ -27,8 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from conveyor.config import SECRET_LIKE, Config
 from conveyor.deploy.k8s.kubectl import KubeApi
 from conveyor.deploy.k8s.render import (
@@ -40,6 +38,7 @@ from conveyor.deploy.k8s.render import (
     check_manifests,
     deployment_of,
     discover,
+    dump_all,
     overlay_dir,
     parse,
     pod_refs,
@@ -246,7 +245,7 @@ class K8sDeployTarget:
                 manifest = secret_manifest(secret, self.namespace, values)
                 rename_refs(objects, "Secret", secret, str(manifest["metadata"]["name"]))
                 steps.append(f"Secret {manifest['metadata']['name']} ({len(values)} keys, from `secrets`)")
-        stream = yaml.safe_dump_all(objects, sort_keys=False)
+        stream = dump_all(objects)
         self.validate(self.runner, stream)
         steps += self._settings_steps(objects)
         if self.contract.release:
@@ -397,7 +396,7 @@ class K8sDeployTarget:
         if plan.detail.secret_manifest is not None:
             config.append(plan.detail.secret_manifest)
         if config:
-            self.kube.apply(yaml.safe_dump_all(config, sort_keys=False))
+            self.kube.apply(dump_all(config))
         self._config_sent = plan
 
     def release_steps(self, plan: Plan) -> None:
@@ -458,7 +457,7 @@ class K8sDeployTarget:
     def apply(self, plan: Plan) -> None:
         self._apply_config(plan)
         self._hand_over_replicas(plan)
-        self.kube.apply(yaml.safe_dump_all(plan.detail.objects, sort_keys=False))
+        self.kube.apply(dump_all(plan.detail.objects))
 
     def _hand_over_replicas(self, plan: Plan) -> None:
         """An HPA now scales a Deployment whose ``replicas`` conveyor owns (applied before the HPA came):
