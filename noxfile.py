@@ -99,7 +99,10 @@ def tests(session: nox.Session) -> None:
     ]
     selection = " and ".join(f"not {marker}" for marker in (*ENGINE_MARKERS, *TOOL_MARKERS))
     args = session.posargs or ["-m", selection, "-p", "no:cacheprovider"]
-    session.run("pytest", *reports, *args, env={"COVERAGE_FILE": f".coverage.{session.python}"})
+    env = {"COVERAGE_FILE": f".coverage.{session.python}"}
+    if tuple(map(int, str(session.python).split("."))) >= (3, 12):
+        env["COVERAGE_CORE"] = "sysmon"  # PEP 669 monitoring: a third of the tracer's cost, same line data
+    session.run("pytest", *reports, *args, env=env)
 
 
 @nox.session(python=PRIMARY)

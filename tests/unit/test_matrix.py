@@ -178,6 +178,6 @@ def test_negative_jobs_is_one_line_and_runs_nothing(project: Project) -> None:
     result = project.invoke("test", "--jobs", "-1")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "conveyor: --jobs -1: expected 1 or more sessions at once (0: one per core, at least 2)"
+        "conveyor: --jobs -1: expected 1 or more sessions at once (0: all of them)"
     )
     assert not (project.root / "build").exists()
