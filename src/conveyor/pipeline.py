@@ -264,7 +264,7 @@ class StageSetupFailed(ConveyorError):
 
 
 class Workspaces:
-    """Isolated stages: each runs in a clean checkout of one commit under ``build/ci/work/<stage>``,
+    """Isolated stages: each runs in a clean checkout of one commit under ``build/ci/checkouts/<stage>``,
     receives only the paths it declares in ``consumes`` (copied from its producers' collected products)
     and has its ``produces`` collected into ``build/ci/products/<stage>/`` after it passes.
 
@@ -276,12 +276,12 @@ class Workspaces:
     KEEP = (".nox", ".venv")
 
     def __init__(self, root: Path, sha: str, pipeline: Pipeline, runner: Runner, kit: str = "") -> None:
-        """Checkouts of ``sha`` under ``root``/build/ci/work, products under build/ci/products."""
+        """Checkouts of ``sha`` under ``root``/build/ci/checkouts, products under build/ci/products."""
         self.root = root
         self.sha = sha
         self.pipeline = pipeline
         self.runner = runner
-        self.work = root / "build/ci/work"
+        self.checkouts = root / "build/ci/checkouts"
         self.products = root / "build/ci/products"
         # conveyor's own source inside the project (the kit's repository): imported from the checkout,
         # so a stage runs the committed kit, not this working tree's.
@@ -296,7 +296,7 @@ class Workspaces:
 
     def checkout(self, stage: Stage) -> Path:
         """A clean checkout of ``sha`` for ``stage`` with its consumed paths in place; returns its path."""
-        dest = self.work / stage.name
+        dest = self.checkouts / stage.name
         git = ["git", "-C", str(dest)]
         try:
             if not (dest / ".git").exists():

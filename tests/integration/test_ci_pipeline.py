@@ -131,8 +131,8 @@ def test_stages_run_isolated_and_receive_only_what_they_consume(tiny: Project) -
     head = git(tiny.root, "rev-parse", "HEAD")
     shipped = json.loads((tiny.root / "build/ci/products/ship/shipped.json").read_text())
     assert shipped["git_sha"] == head  # the record the build stage made, carried to the ship stage
-    assert shipped["cwd"] == str(tiny.root / "build/ci/work/build")  # made in the build's own checkout
-    assert shipped["shipper"] == str(tiny.root / "build/ci/work/ship")  # used in another one
+    assert shipped["cwd"] == str(tiny.root / "build/ci/checkouts/build")  # made in the build's own checkout
+    assert shipped["shipper"] == str(tiny.root / "build/ci/checkouts/ship")  # used in another one
     assert not (tiny.root / "build/ci/products/build/build/scratch.txt").exists()  # undeclared: not kept
     assert not (tiny.root / "build/release.json").exists()  # nothing written into the working tree
     assert f"shipping {head}" in (tiny.root / "build/ci/ship.log").read_text()
@@ -190,7 +190,7 @@ def test_in_place_runs_the_working_tree(tiny: Project) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((tiny.root / "build/release.json").read_text())
     assert record["cwd"] == str(tiny.root)
-    assert not (tiny.root / "build/ci/work").exists()
+    assert not (tiny.root / "build/ci/checkouts").exists()
 
 
 def test_a_consumed_path_nobody_produces_is_a_config_error_before_anything_runs(tiny: Project) -> None:

@@ -692,10 +692,10 @@ def test_a_stage_sees_the_commit_and_what_it_consumes_only(tmp_path: Path) -> No
     assert {n: r.status for n, r in results.items()} == {"make": "passed", "other": "passed", "use": "passed"}
     assert (tmp_path / "build/ci/products/make/out/data.txt").read_text() == "made out/data.txt"
     assert not (tmp_path / "build/ci/products/make/stray.txt").exists()  # undeclared: not collected
-    assert (tmp_path / "build/ci/work/use/out/more/x.txt").is_file()
+    assert (tmp_path / "build/ci/checkouts/use/out/more/x.txt").is_file()
     assert not (tmp_path / "out").exists()  # nothing lands in the working tree
     # A second run starts clean: the consumer's checkout no longer holds what it got last time ...
-    (tmp_path / "build/ci/work/use/leftover.txt").write_text("x")
+    (tmp_path / "build/ci/checkouts/use/leftover.txt").write_text("x")
     again = run_isolated(tmp_path, ISOLATED.replace("!stray.txt", "!stray.txt !leftover.txt"), ("use",))
     assert again["use"].status == "passed", again["use"].log.read_text()  # type: ignore[union-attr]
 
