@@ -13,12 +13,47 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parents[1]
+_TAGS_BEFORE = pytest.StashKey[set[str] | None]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """tests/shims first on PATH: deterministic slow tools whose answers are kept (tests/tool_cache.py)."""
     shims = str(REPO / "tests" / "shims")
     os.environ["PATH"] = os.pathsep.join([shims, *os.environ.get("PATH", "").split(os.pathsep)])
+
+
+# Images the machine's setup builds (bootstrap): kept whatever a test session does.
+SETUP_IMAGES = ("conveyor-local/", "firecow/")
+
+
+def _image_tags() -> set[str] | None:
+    """Every repository:tag in the Docker engine; None when there is no engine to ask."""
+    try:
+        out = subprocess.run(
+            ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {t for t in out.stdout.split() if "<none>" not in t} if out.returncode == 0 else None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A session with Docker tests notes the image tags there are before it builds any."""
+    if any(item.get_closest_marker("docker") for item in session.items):
+        session.config.stash[_TAGS_BEFORE] = _image_tags()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Untag the images the session's tests built and tagged (each test project has its own names and shas,
+    so they piled up by the hundred); an image a container still uses stays."""
+    before = session.config.stash.get(_TAGS_BEFORE, None)
+    after = _image_tags() if before is not None else None
+    if before is None or after is None:
+        return
+    made = sorted(t for t in after - before if not t.startswith(SETUP_IMAGES))
+    if made:
+        subprocess.run(["docker", "image", "rm", *made], capture_output=True, timeout=120, check=False)
 
 
 def engine_missing(reason: str) -> None:
