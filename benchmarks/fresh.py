@@ -60,11 +60,15 @@ def main() -> int:
     if args.wipe:
         wipe()
     rows: list[tuple[str, float, int]] = []
-    for name, argv in (
-        ("bash ci/bootstrap.sh", ["bash", "ci/bootstrap.sh"]),
-        ("invoke build test deploy", [sys.executable, "-m", "invoke", "build", "test", "deploy"]),
+    for name, log, argv in (
+        ("bash ci/bootstrap.sh", "bootstrap.log", ["bash", "ci/bootstrap.sh"]),
+        (
+            "invoke build test deploy",
+            "build-test-deploy.log",
+            [sys.executable, "-m", "invoke", "build", "test", "deploy"],
+        ),
     ):
-        seconds, code = timed(argv, clone, env, scratch / f"{name.split()[1]}.log")
+        seconds, code = timed(argv, clone, env, scratch / log)
         rows.append((name, seconds, code))
         if code != 0:
             break

@@ -6,10 +6,12 @@ Run: python benchmarks/loop.py   (needs what `bash ci/bootstrap.sh` sets up; dep
      python benchmarks/loop.py --pytest "-k k8s"  # a subset, for a quick look (not the goal's numbers)
 
 - now:    `invoke test`: nox on uv (`uv|venv`), installs skipped while pyproject.toml and the locks are
-          unchanged, the four sessions side by side (build/test/<python>.log, one summary).
+          unchanged, the four sessions at once (build/test/<python>.log, one summary).
 - before: `nox -s tests` with the venv backend, `pip install -e .[dev]` in every session on every run
           (CONVEYOR_NOX_INSTALL=always), the sessions one after another, in separate virtualenvs
           (build/nox-before/), warmed first so both sides start from existing virtualenvs.
+Both sides run today's tests, so both read the tool cache (build/tool-cache/; warm after one run): the
+ratio is what the session mechanics save, the cache's share shows against earlier runs of this script.
 The edit appends a comment line to app/settings.py and removes exactly that line afterwards (other edits to
 the file made meanwhile are kept). Goals (issue 17): build test deploy <= 60 s, invoke test <= 45 s.
 """
