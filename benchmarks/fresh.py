@@ -5,9 +5,10 @@ Run: python benchmarks/fresh.py [--wipe]   (as root on a Debian machine; deploys
 
 As fresh as one machine can be made again: a new clone (no .nox, no build/, no .env, cold test tool cache),
 empty pip and uv caches (every wheel downloaded), and with --wipe the images bootstrap makes (base image,
-stand-ins, gitlab-ci-local's) and the BuildKit cache removed, so debootstrap and every image build run
-again. What stays is what the machine already had: apt packages already installed (docker, PostgreSQL,
-...) and the Pythons. So this is a lower bound for a new machine; the apt downloads add to it.
+stand-ins, gitlab-ci-local's), the BuildKit cache and this checkout's local stack with its volumes removed,
+so debootstrap and every image build run again. What stays is what the machine already had: the apt
+packages (docker, PostgreSQL, ...) and the Pythons. So this is a lower bound for a new machine; the apt
+downloads add to it.
 Goal (issue 17): <= 6 min.
 """
 
@@ -38,7 +39,11 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[f
 
 
 def wipe() -> None:
-    """Remove the images bootstrap builds and BuildKit's cache (the other images stay)."""
+    """Take this checkout's local environment down with its volumes (the clone's stack has the same name,
+    and its new secrets would not open the old database), remove the images bootstrap builds and BuildKit's
+    cache (the other images stay)."""
+    down = [sys.executable, "-m", "invoke", "down", "--env", "local", "--volumes"]
+    subprocess.run(down, cwd=ROOT, capture_output=True, check=False)
     refs = [images.LOCAL_BASE, *images.STANDINS.values(), *CI_IMAGES]
     subprocess.run(["docker", "image", "rm", "-f", *refs], capture_output=True, check=False)
     subprocess.run(["docker", "builder", "prune", "-af"], capture_output=True, check=False)
