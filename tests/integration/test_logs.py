@@ -99,15 +99,22 @@ class ComposeEnv:
     name: str
 
 
+def logs_project(root: Path, env: str, environment: str) -> Project:
+    """The logs demo project in ``root`` with one environment file."""
+    project = Project(root)
+    project.write("tasks.py", "from conveyor.tasks import namespace\n\nns = namespace()\n")
+    project.write("invoke.yaml", INVOKE_YAML)
+    project.write(f"deploy/environments/{env}.yaml", environment)
+    return project
+
+
 @pytest.fixture(scope="module")
 def stack(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeEnv]:
     root = tmp_path_factory.mktemp("logs-compose")
     name = f"clogs-{uuid.uuid4().hex[:8]}"
-    project = Project(root)
-    project.write("tasks.py", "from conveyor.tasks import namespace\n\nns = namespace()\n")
-    project.write("invoke.yaml", INVOKE_YAML)
-    project.write(
-        "deploy/environments/local.yaml",
+    project = logs_project(
+        root,
+        "local",
         f"target: compose\nurl: http://127.0.0.1:9\ncompose:\n  files: [compose.yaml]\n  project: {name}\n",
     )
     (root / "compose.yaml").write_text(compose_yaml(base_image))
@@ -249,11 +256,9 @@ def ecs(moto_endpoint: str, tmp_path: Path) -> EcsEnv:
     streams hold interleaved events, and a stream of another prefix (another app) holds events too."""
     cluster = f"c-{uuid.uuid4().hex[:8]}"
     group = f"/conveyor/{cluster}"
-    project = Project(tmp_path)
-    project.write("tasks.py", "from conveyor.tasks import namespace\n\nns = namespace()\n")
-    project.write("invoke.yaml", INVOKE_YAML)
-    project.write(
-        "deploy/environments/staging.yaml",
+    project = logs_project(
+        tmp_path,
+        "staging",
         f"target: ecs\nurl: https://staging.example.test\necs:\n  cluster: {cluster}\n  service: web\n"
         f"  container: app\n  region: {REGION}\n  endpoint_url: {moto_endpoint}\n",
     )
